@@ -1,0 +1,111 @@
+# kubenode.dataplane: the entry points. `make demo` and `make test` install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
+BIN := $(VENV)/bin
+BUILD := $(CURDIR)/build
+RESULTS := $(BUILD)/results
+COLL_LINK := $(BUILD)/collections/ansible_collections/kubenode/dataplane
+APT_PACKAGES := nftables iptables iproute2 qemu-system-x86 qemu-utils debootstrap busybox-static kmod cpio \
+	openssh-client rsync curl
+N ?= 3
+PYTEST := $(BIN)/pytest -c tests/pytest.ini
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help deps apt venv collection demo test test-fast sanity units netns vm lint molecule \
+	hosts-up hosts-down vm-up vm-down vm-reboot build-collection bench clean
+
+help:
+	@echo "make demo       set up the built-in real-kernel test node end to end and print its doctor report"
+	@echo "make test       everything CI runs (sanity, units, netns, vm, lint, molecule); ends 'N passed, N failed'"
+	@echo "make test-fast  sanity, units and the netns tier"
+	@echo "make hosts-up N=3 / hosts-down   netns test hosts (inventory: build/inventory-netns.yml)"
+	@echo "make vm-up / vm-reboot / vm-down real-kernel VM (inventory: build/inventory-vm.yml)"
+	@echo "make bench      benchmarks against the raw tools and peers (docs/performance.md)"
+
+# ---- installation: idempotent, a second run installs nothing ----
+deps: apt venv collection
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install $$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: tests/requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	@touch $@
+
+collection:
+	@mkdir -p $(dir $(COLL_LINK))
+	@ln -sfn $(CURDIR) $(COLL_LINK)
+
+# ---- test hosts ----
+hosts-up: deps
+	@$(BIN)/python tests/harness/netns_hosts.py up --count $(N) --inventory $(BUILD)/inventory-netns.yml --python $(BIN)/python
+
+hosts-down:
+	@$(PYTHON) tests/harness/netns_hosts.py down --inventory $(BUILD)/inventory-netns.yml
+
+vm-up: deps
+	@$(BIN)/python tests/harness/vm/vm.py up --inventory $(BUILD)/inventory-vm.yml
+
+vm-reboot:
+	@$(BIN)/python tests/harness/vm/vm.py reboot --inventory $(BUILD)/inventory-vm.yml
+
+vm-down:
+	@$(PYTHON) tests/harness/vm/vm.py down --inventory $(BUILD)/inventory-vm.yml
+
+# ---- tests: each tier writes JUnit XML under build/results; summary.py adds them up ----
+test: deps
+	@rm -rf $(RESULTS); mkdir -p $(RESULTS); rc=0; \
+	for tier in sanity units netns vm lint molecule; do \
+	  echo "==== tier: $$tier ===="; $(MAKE) --no-print-directory $$tier || rc=1; \
+	done; \
+	$(BIN)/python tests/summary.py $(RESULTS) || rc=1; exit $$rc
+
+test-fast: deps
+	@rm -rf $(RESULTS); mkdir -p $(RESULTS); rc=0; \
+	for tier in sanity units netns; do \
+	  echo "==== tier: $$tier ===="; $(MAKE) --no-print-directory $$tier || rc=1; \
+	done; \
+	$(BIN)/python tests/summary.py $(RESULTS) || rc=1; exit $$rc
+
+sanity: deps
+	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_sanity.py --junitxml=$(RESULTS)/sanity.xml
+
+units: deps
+	@mkdir -p $(RESULTS); $(PYTEST) tests/unit --junitxml=$(RESULTS)/units.xml
+
+netns: deps
+	@mkdir -p $(RESULTS); $(PYTEST) -m netns tests/netns tests/integration --junitxml=$(RESULTS)/netns.xml
+
+vm: deps
+	@mkdir -p $(RESULTS); $(PYTEST) -m vm tests/vm tests/integration --junitxml=$(RESULTS)/vm.xml
+
+lint: deps
+	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_lint.py --junitxml=$(RESULTS)/lint.xml
+
+molecule: deps
+	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_molecule.py --junitxml=$(RESULTS)/molecule.xml
+
+build-collection: deps
+	@mkdir -p $(BUILD)/dist; $(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/dist .
+
+# ---- the demo: the main job on the built-in real-kernel test node ----
+demo: deps
+	@$(BIN)/python tests/harness/demo.py
+
+bench: deps
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -r tests/bench/requirements.txt
+	@$(BIN)/python tests/bench/run.py
+
+clean: hosts-down vm-down
+	rm -rf $(BUILD) tests/output
