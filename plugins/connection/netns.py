@@ -18,7 +18,7 @@ description:
   - The controller must run as root (or have C(CAP_SYS_ADMIN)) to enter a namespace.
     Privilege escalation is not supported by this plugin.
 author:
-  - kubenode.dataplane maintainers
+  - kubenode.dataplane maintainers (@kubenode)
 version_added: 0.1.0
 options:
   netns_name:

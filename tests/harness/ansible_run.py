@@ -44,7 +44,7 @@ class Run:
                 in_recap = True
                 continue
             if in_recap and ":" in line:
-                host, _, rest = line.partition(":")
+                host, _sep, rest = line.partition(":")
                 out[host.strip()] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", rest)}
         return out
 
@@ -114,7 +114,7 @@ def playbook(
         argv += args or []
         e = env()
         e["KN_RECORD_FILE"] = str(record)
-        proc = subprocess.run(argv, capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout, check=False)
         return Run(proc.returncode, proc.stdout, proc.stderr, _collect(record))
 
 
@@ -128,5 +128,5 @@ def adhoc(inventory: str | Path, module: str, module_args: str | dict = "", patt
         e = env()
         e["KN_RECORD_FILE"] = str(record)
         e["ANSIBLE_LOAD_CALLBACK_PLUGINS"] = "1"
-        proc = subprocess.run(argv, capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout, check=False)
         return Run(proc.returncode, proc.stdout, proc.stderr, _collect(record))

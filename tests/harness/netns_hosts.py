@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """netns test hosts: network namespaces on this machine's kernel, joined by veth pairs.
 
 Topology: one "switch" namespace holding a bridge, and N host namespaces, each with an eth0
@@ -134,7 +133,7 @@ class Lab:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="create N hosts and write an inventory")
     up.add_argument("--count", type=int, default=3)

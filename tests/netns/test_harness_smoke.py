@@ -30,7 +30,7 @@ def connect(client, address: str, port: int, timeout: float = 2.0) -> bool:
 
 @pytest.fixture
 def tcp_server(netns_pair):
-    lab, _ = netns_pair
+    lab = netns_pair[0]
     server = lab.hosts[1]
     proc = subprocess.Popen(["ip", "netns", "exec", server.netns, "python3", "-c", SERVER, "8080"],
                             stdout=subprocess.PIPE, text=True)
@@ -41,7 +41,7 @@ def tcp_server(netns_pair):
 
 
 def test_tcp_over_veth_then_cut_by_nft_drop_rule(netns_pair, tcp_server):
-    lab, _ = netns_pair
+    lab = netns_pair[0]
     client, server = lab.hosts
     assert connect(client, server.v4, 8080), "TCP between two netns hosts must work before any rule"
     server.run(["nft", "add", "table", "inet", "smoke"])
@@ -51,7 +51,7 @@ def test_tcp_over_veth_then_cut_by_nft_drop_rule(netns_pair, tcp_server):
     assert not connect(client, server.v4, 8080, timeout=1.0), "a drop rule in the server namespace must cut TCP"
     assert time.monotonic() - t0 >= 0.9, "the connection must time out (dropped), not be refused"
     # the rule lives in the server's namespace only; the host's own ruleset is untouched
-    host_tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    host_tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
     assert "smoke" not in host_tables
 
 
@@ -69,7 +69,7 @@ def test_ansible_reaches_inside_each_namespace(netns_pair, adhoc):
 
 
 def test_ping_module_through_netns_connection(netns_pair, adhoc):
-    _, inv = netns_pair
+    inv = netns_pair[1]
     run = adhoc(inv, "ansible.builtin.ping")
     assert run.rc == 0, run.explain()
     assert sorted(r["result"]["ping"] for r in run.results) == ["pong", "pong"]

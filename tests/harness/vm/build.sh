@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Build the real-kernel test node: Debian 12's own kernel (loadable modules, IP_VS) and a
 # debootstrap root image, for QEMU in software emulation. Output in $OUT (default: the cache
 # folder given by vm.py). Everything comes from Debian's packages (and pyroute2 from PyPI);
