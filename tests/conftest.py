@@ -25,6 +25,8 @@ _LINK = ROOT / "build" / "collections" / "ansible_collections" / "kubenode" / "d
 _LINK.parent.mkdir(parents=True, exist_ok=True)
 if not _LINK.is_symlink():
     _LINK.symlink_to(ROOT)
+    # the folder did not exist when Python cached its path finders
+    sys.path_importer_cache.pop(str(ROOT / "build" / "collections"), None)
 
 
 def _lab(tmp_path_factory, count: int):
