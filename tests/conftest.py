@@ -26,7 +26,8 @@ _LINK.parent.mkdir(parents=True, exist_ok=True)
 if not _LINK.is_symlink():
     _LINK.symlink_to(ROOT)
     # the folder did not exist when Python cached its path finders
-    sys.path_importer_cache.pop(str(ROOT / "build" / "collections"), None)
+    for entry in [p for p in sys.path_importer_cache if p.rstrip("/").endswith("build/collections")]:
+        del sys.path_importer_cache[entry]
 
 
 def _lab(tmp_path_factory, count: int):
