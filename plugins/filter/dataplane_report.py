@@ -12,8 +12,8 @@ version_added: 0.1.0
 author:
   - kubenode.dataplane maintainers (@kubenode)
 description:
-  - Renders the result of M(kubenode.dataplane.dataplane_info) as a list of lines, one topic a line:
-    the warnings with their remedies first, then kube-proxy's mode and how it was found, iptables, nftables,
+  - Renders the result of M(kubenode.dataplane.dataplane_info) as a list of lines, one topic a line.
+  - The warnings with their remedies come first, then kube-proxy's mode and how it was found, iptables, nftables,
     IPVS, the CNI, MetalLB, the kernel, modules, sysctls, Kubernetes and the parts that could not be read.
   - The C(kubenode.dataplane.doctor) playbook prints it for each node.
 options:
@@ -177,22 +177,6 @@ def dataplane_report(info: t.Mapping[str, t.Any]) -> t.List[str]:
     return lines
 
 
-def dataplane_summary(results: t.Sequence[t.Any], hosts: t.Sequence[str]) -> t.List[str]:
-    """One line per node, nodes with warnings first; ``results[i]`` is ``hosts[i]``'s result or None."""
-    if len(results) != len(hosts):
-        raise AnsibleFilterError("dataplane_summary needs one result (or none) per host")
-    warned, clean, missing = [], [], []
-    for host, result in zip(hosts, results):
-        if not isinstance(result, dict) or "findings" not in result:
-            missing.append(f"none {host}: no report (unreachable or failed)")
-        elif result["findings"]:
-            warned.append(f"WARN {host}: {', '.join(f['id'] for f in result['findings'])}")
-        else:
-            clean.append(f"ok   {host}")
-    head = f"{len(hosts)} nodes: {len(warned)} with warnings, {len(clean)} without, {len(missing)} without a report"
-    return [head] + warned + clean + missing
-
-
 class FilterModule:
     def filters(self) -> t.Dict[str, t.Callable[..., t.Any]]:
-        return {"dataplane_report": dataplane_report, "dataplane_summary": dataplane_summary}
+        return {"dataplane_report": dataplane_report}
