@@ -20,7 +20,8 @@ description:
     lower-numbered files.
   - Reads first and writes nothing when the live values and the file are already as wanted.
   - A key that does not exist is an error that names it (for example C(net.bridge.*) before C(br_netfilter)
-    is loaded), and nothing is changed.
+    is loaded), and nothing is changed. In check mode it is a warning instead, since the task that would
+    load the module did not really load it.
   - Kernel parameters under C(net.) belong to the network namespace the task runs in.
 extends_documentation_fragment:
   - kubenode.dataplane.attributes
