@@ -106,9 +106,16 @@ build-collection: deps
 demo: deps
 	@$(BIN)/python tests/harness/demo.py
 
-bench: deps
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -r tests/bench/requirements.txt
-	@$(BIN)/python tests/bench/run.py
+BENCH_VENV ?= $(CURDIR)/.venv-bench
+BENCH ?=
+bench: deps $(BENCH_VENV)/.installed
+	@$(BENCH_VENV)/bin/python tests/bench/run.py --only "$(BENCH)"
+
+# a separate environment: the peers' collections must not leak into the test environment
+$(BENCH_VENV)/.installed: tests/bench/requirements.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/bench/requirements.txt
+	@touch $@
 
 clean: hosts-down vm-down
 	rm -rf $(BUILD) tests/output
