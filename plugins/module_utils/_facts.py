@@ -22,6 +22,7 @@ import typing as t
 
 from ansible_collections.kubenode.dataplane.plugins.module_utils._fwmodel import NFT_TABLE as OWN_NFT_TABLE
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import DataplaneError, Runner
+from ansible_collections.kubenode.dataplane.plugins.module_utils._sysctl import PROC_SYS, key_path, normalise_value
 
 try:
     import yaml
@@ -552,12 +553,12 @@ class Gatherer:
 
     def sysctls(self) -> t.Dict[str, t.Optional[str]]:
         names = list(SYSCTLS)
-        vs = self.files.listdir("/proc/sys/net/ipv4/vs")
+        vs = self.files.listdir(key_path("net.ipv4.vs", PROC_SYS))
         names += [f"net.ipv4.vs.{n}" for n in vs] if vs is not None else list(IPVS_SYSCTLS)
         out: t.Dict[str, t.Optional[str]] = {}
         for name in names:
-            text = self.files.read("/proc/sys/" + name.replace(".", "/"))
-            out[name] = " ".join(text.split()) if text is not None else None
+            text = self.files.read(key_path(name, PROC_SYS))
+            out[name] = normalise_value(text) if text is not None else None
         return out
 
     # -- iptables ----------------------------------------------------------------------------
