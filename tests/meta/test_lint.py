@@ -22,9 +22,12 @@ def test_ansible_lint_production_profile():
         str(p.relative_to(ROOT)) for p in (ROOT / "playbooks").glob("*.yml"))
     if not paths:
         pytest.skip("no roles or playbooks yet")
+    # ansible-lint installs the collection it lints into $ANSIBLE_HOME/collections and puts that first on the
+    # collections path: a home of its own per checkout keeps a stale copy from another checkout from shadowing this one
+    env = dict(ansible_run.env(), ANSIBLE_HOME=str(ROOT / "build" / "ansible-lint-home"))
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-lint"), "--profile", "production", "--offline", "--nocolor"] + paths,
-        cwd=ROOT, capture_output=True, text=True, env=ansible_run.env(), check=False,
+        cwd=ROOT, capture_output=True, text=True, env=env, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
 
