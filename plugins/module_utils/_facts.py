@@ -453,6 +453,14 @@ def flag_value(argv: t.Sequence[str], flag: str) -> t.Optional[str]:
     return None
 
 
+def check_sysctl_names(names: t.Sequence[str]) -> None:
+    """Refuses names that are not sysctl keys, before anything is read (one sentence naming the entry)."""
+    for index, name in enumerate(names):
+        path = key_path(name, PROC_SYS)
+        if not re.match(r"^[a-z0-9_-]+(\.[A-Za-z0-9_/-]+)*$", name or "") or os.path.normpath(path) != path:
+            raise DataplaneError(f"extra_sysctls[{index}] '{name}' is not a sysctl name such as net.ipv4.ip_forward; nothing was read")
+
+
 def metrics_url(address: str) -> str:
     """URL of kube-proxy's /proxyMode for a metricsBindAddress; a wildcard host is asked on loopback."""
     host, sep, port = address.rpartition(":")
@@ -483,6 +491,7 @@ class Gatherer:
         metrics_timeout: float = 2.0,
         kube_proxy_config: t.Optional[str] = None,
         metallb: str = "auto",
+        extra_sysctls: t.Sequence[str] = (),
     ) -> None:
         self.runner = runner
         self.files = files
@@ -491,6 +500,7 @@ class Gatherer:
         self.metrics_timeout = metrics_timeout
         self.kube_proxy_config = kube_proxy_config
         self.metallb = metallb
+        self.extra_sysctls = list(extra_sysctls)
         self.unavailable: t.List[t.Dict[str, str]] = []
 
     def _unavailable(self, part: str, reason: str) -> None:
@@ -555,6 +565,7 @@ class Gatherer:
         names = list(SYSCTLS)
         vs = self.files.listdir(key_path("net.ipv4.vs", PROC_SYS))
         names += [f"net.ipv4.vs.{n}" for n in vs] if vs is not None else list(IPVS_SYSCTLS)
+        names += [n for n in self.extra_sysctls if n not in names]
         out: t.Dict[str, t.Optional[str]] = {}
         for name in names:
             text = self.files.read(key_path(name, PROC_SYS))

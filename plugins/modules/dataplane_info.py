@@ -65,6 +65,13 @@ options:
       - Without either, strictARP in ipvs mode is judged from the two sysctls kube-proxy sets when it is on
         (C(net.ipv4.conf.all.arp_ignore=1), C(net.ipv4.conf.all.arp_announce=2)).
     type: path
+  extra_sysctls:
+    description:
+      - More sysctls to read and report in RV(sysctls), by name (for example V(net.ipv4.conf.all.rp_filter)), besides
+        the ones always reported.
+    type: list
+    elements: str
+    default: []
   metallb:
     description:
       - Whether MetalLB is present, for the strictARP warning.
@@ -92,11 +99,13 @@ EXAMPLES = r"""
     that: dataplane.findings | length == 0
     fail_msg: "{{ dataplane.findings | map(attribute='message') | list }}"
 
-- name: Ask kube-proxy on the port it was configured with, and name its config file
+- name: Ask kube-proxy on the port it was configured with, name its config file, read one more sysctl
   kubenode.dataplane.dataplane_info:
     metrics_address: 127.0.0.1:10249
     kube_proxy_config: /var/lib/kube-proxy/config.conf
     metallb: present
+    extra_sysctls:
+      - net.ipv4.conf.all.rp_filter
   register: dataplane
 
 - name: Show kube-proxy's mode and how it was found
@@ -176,7 +185,12 @@ modules:
     loaded_total: 42
     state: {ip_vs: loaded, ip_vs_rr: loaded, br_netfilter: available, overlay: available}
 sysctls:
-  description: Sysctl name to its value, V(null) when the sysctl does not exist on this kernel or in this network namespace.
+  description:
+    - Sysctl name to its value, V(null) when the sysctl does not exist on this kernel or in this network namespace.
+    - Always C(net.ipv4.ip_forward), C(net.ipv6.conf.all.forwarding), C(net.bridge.bridge-nf-call-iptables),
+      C(net.bridge.bridge-nf-call-ip6tables), C(net.ipv4.conf.all.arp_ignore), C(net.ipv4.conf.all.arp_announce),
+      C(net.netfilter.nf_conntrack_max), every C(net.ipv4.vs.*) (or, when IPVS is not loaded, the four kube-proxy sets),
+      and the O(extra_sysctls).
   returned: always
   type: dict
   sample: {net.ipv4.ip_forward: "1", net.bridge.bridge-nf-call-iptables: null, net.ipv4.vs.conntrack: "1"}
@@ -330,7 +344,7 @@ unavailable:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
 
-from ansible_collections.kubenode.dataplane.plugins.module_utils._facts import Gatherer, NodeFiles, metrics_url
+from ansible_collections.kubenode.dataplane.plugins.module_utils._facts import Gatherer, NodeFiles, check_sysctl_names, metrics_url
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import DataplaneError, Runner
 
 
@@ -347,6 +361,7 @@ def main() -> None:
             "metrics_timeout": {"type": "float", "default": 2.0},
             "kube_proxy_config": {"type": "path"},
             "metallb": {"type": "str", "default": "auto", "choices": ["auto", "present", "absent"]},
+            "extra_sysctls": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -357,6 +372,7 @@ def main() -> None:
         except ValueError:
             module.fail_json(msg=f"metrics_address '{params['metrics_address']}' is not host:port; nothing was read")
     try:
+        check_sysctl_names(params["extra_sysctls"])
         report = Gatherer(
             Runner(module, timeout=60),
             NodeFiles(),
@@ -365,6 +381,7 @@ def main() -> None:
             metrics_timeout=params["metrics_timeout"],
             kube_proxy_config=params["kube_proxy_config"],
             metallb=params["metallb"],
+            extra_sysctls=params["extra_sysctls"],
         ).gather()
     except DataplaneError as exc:
         module.fail_json(msg=str(exc))

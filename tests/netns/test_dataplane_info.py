@@ -25,7 +25,14 @@ INFO_PLAY = [{
     "name": "read the dataplane",
     "hosts": "all",
     "gather_facts": False,
-    "tasks": [{"name": "dataplane_info", "kubenode.dataplane.dataplane_info": {}}],
+    "tasks": [
+        {"name": "dataplane_info",
+         "kubenode.dataplane.dataplane_info": {"extra_sysctls": ["net.ipv4.conf.all.rp_filter"]}},
+        {"name": "bad metrics address", "kubenode.dataplane.dataplane_info": {"metrics_address": "localhost"},
+         "ignore_errors": True},
+        {"name": "bad sysctl name", "kubenode.dataplane.dataplane_info": {"extra_sysctls": ["net.//.x"]},
+         "ignore_errors": True},
+    ],
 }]
 
 
@@ -59,10 +66,24 @@ def info(nodes):
     assert run.rc == 0, run.explain()
     # read only: both backends' tables, chains, rules and policies are untouched
     assert {h.name: saved(h) for h in lab.hosts} == before
-    return {h.name: run.task("dataplane_info", h.name)["result"] for h in lab.hosts}
+    results = {h.name: run.task("dataplane_info", h.name)["result"] for h in lab.hosts}
+    results["refusals"] = [run.task("bad metrics address", "h1"), run.task("bad sysctl name", "h1")]
+    return results
 
 
-def test_bare_host_gives_a_sane_report_and_no_warnings(info):
+def test_bad_input_is_refused_in_one_sentence_naming_the_option(info):
+    address, sysctl = info["refusals"]
+    assert address["status"] == "ignored" and sysctl["status"] == "ignored"
+    assert address["result"]["msg"] == "metrics_address 'localhost' is not host:port; nothing was read"
+    assert sysctl["result"]["msg"] == ("extra_sysctls[0] 'net.//.x' is not a sysctl name such as net.ipv4.ip_forward; "
+                                       "nothing was read")
+
+
+def h1_rp_filter(nodes) -> str:
+    return nodes[0].hosts[0].run(["cat", "/proc/sys/net/ipv4/conf/all/rp_filter"]).stdout.strip()
+
+
+def test_bare_host_gives_a_sane_report_and_no_warnings(info, nodes):
     report = info["h1"]
     assert report["changed"] is False
     assert report["findings"] == []
@@ -79,6 +100,7 @@ def test_bare_host_gives_a_sane_report_and_no_warnings(info):
     # a new namespace does not forward; with no Kubernetes here that is not a warning
     assert report["sysctls"]["net.ipv4.ip_forward"] == "0"
     assert report["sysctls"]["net.ipv4.vs.conntrack"] is None
+    assert report["sysctls"]["net.ipv4.conf.all.rp_filter"] == h1_rp_filter(nodes)
 
 
 def test_kube_proxy_iptables_node_on_nft_with_calico(info):

@@ -303,3 +303,22 @@ def test_unreadable_kube_proxy_config_is_reported_not_failed(tmp_path):
     report = gatherer.gather()
     assert report["unavailable"] == [{"part": "kube-proxy configuration", "reason": "/nonexistent/config.conf is not readable"}]
     assert report["kube_proxy"]["configured_mode"] is None
+
+
+def test_extra_sysctls_are_read_and_absent_ones_are_null(tmp_path):
+    gatherer, _runner = fx.gatherer("vm-ipvs", tmp_path, extra_sysctls=["net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter"])
+    sysctls = gatherer.gather()["sysctls"]
+    assert list(sysctls).count("net.ipv4.ip_forward") == 1
+    # not captured in this scenario's tree: absent, not 0
+    assert sysctls["net.ipv4.conf.all.rp_filter"] is None
+    assert sysctls["net.ipv4.vs.conntrack"] == "0"
+
+
+@pytest.mark.parametrize("name", ["net.//.x", "../etc/passwd", "", "NET.ipv4.ip_forward", "net.ipv4.ip_forward "])
+def test_names_that_are_not_sysctls_are_refused(name):
+    with pytest.raises(facts.DataplaneError, match=r"^extra_sysctls\[1\] .* is not a sysctl name"):
+        facts.check_sysctl_names(["net.ipv4.ip_forward", name])
+
+
+def test_sysctl_names_with_an_interface_containing_a_dot_pass():
+    facts.check_sysctl_names(["net.ipv4.conf.eth0/100.rp_filter", "net.bridge.bridge-nf-call-iptables"])
