@@ -107,7 +107,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 PARAM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 KO_RE = re.compile(r"\.ko(\.(xz|zst|gz))?$")
-PARM_TYPE_RE = re.compile(r"\((bool|invbool|byte|short|ushort|int|uint|long|ulong|ullong|hexint|charp|string|array of \w+)\)$")
+PARM_TYPES = r"bool|invbool|byte|short|ushort|int|uint|long|ulong|ullong|hexint|charp|string|array of \w+"
+PARM_TYPE_RE = re.compile(rf"\(({PARM_TYPES})\)$")
+BARE_TYPE_RE = re.compile(rf"^({PARM_TYPES})$")
 INT_RE = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|0[oO]?[0-7]+|[0-9]+)$")
 
 
@@ -214,7 +216,8 @@ def parse_modinfo(text: str) -> t.Dict[str, t.Dict[str, t.Any]]:
             current = {}
         if key == "parm":
             pname, _sep, desc = value.partition(":")
-            match = PARM_TYPE_RE.search(desc)
+            # "name:description (type)", or "name:type" for a parameter without a description
+            match = PARM_TYPE_RE.search(desc) or BARE_TYPE_RE.match(desc.strip())
             current.setdefault("params", {})[pname] = match.group(1) if match else ""
         elif key == "depends":
             current["depends"] = [normalise(d) for d in value.split(",") if d]
@@ -378,11 +381,6 @@ def same_param(read: t.Optional[str], wanted: str) -> bool:
         except ValueError:
             return read == wanted
     return read == wanted
-
-
-def release_tuple(release: str) -> t.Tuple[int, ...]:
-    nums = re.findall(r"\d+", release.split("-")[0])
-    return tuple(int(n) for n in nums[:3])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,7 +647,7 @@ class KmodBackend(Backend):
                 return new, f"{name} was merged into {new} in Linux {since}"
         if not k.can_load() or not os.path.isdir(k.path(k.modules_dir)):
             return None
-        res = self.runner.run([self.bin("modprobe"), "-R", name], ok_rc=(0, 1), what=f"resolving {where}")
+        res = self.runner.run([self.bin("modprobe"), "-R", given], ok_rc=(0, 1), what=f"resolving {where}")
         targets = []
         for word in res.out.split():
             if normalise(word) not in targets:
@@ -775,7 +773,7 @@ class KmodBackend(Backend):
     def _unload_order(self, names: t.List[str]) -> t.List[str]:
         """Holders before the modules they hold."""
         loaded = self.kernel.loaded()
-        left = sorted(names)
+        left = list(dict.fromkeys(names))
         order: t.List[str] = []
         while left:
             ready = [n for n in left if not any(h in left for h in loaded[n].holders)]
@@ -787,16 +785,18 @@ class KmodBackend(Backend):
         return order
 
     def _load_order(self, names: t.List[str]) -> t.List[str]:
-        """Dependencies first, so a module with parameters is not pulled in without them."""
+        """The order apply() loads in: modules with parameters one by one, dependencies first, so
+        that none is pulled in without its parameters; then the rest with one modprobe -a, in the
+        order given (modprobe orders their dependencies itself)."""
         deps = self.kernel.available()
-        left = list(dict.fromkeys(names))
+        left = [n for n in dict.fromkeys(names) if self.by_name[n].params]
         order: t.List[str] = []
         while left:
             ready = [n for n in left if not any(d in left for d in deps.get(n, ()))] or left[:1]
             for n in ready:
                 order.append(n)
                 left.remove(n)
-        return order
+        return order + [n for n in dict.fromkeys(names) if not self.by_name[n].params]
 
     def _files(self, files: t.Dict[str, t.Optional[str]]) -> t.Dict[str, t.Optional[str]]:
         ml_text, mp_text = files[self.modules_load_file], files[self.modprobe_file]
@@ -846,18 +846,19 @@ class KmodBackend(Backend):
             res = self.runner.run([self.bin("modprobe"), "-n", "-v", "-a"] + fresh, what="dry run of the module loads")
             inserted = [arg for verb, arg in parse_dry_run(res.out) if verb == "insmod"]
             self.also_loaded = [n for n in inserted if n not in self.by_name and n not in self.kernel.loaded()]
-        with_params = [n for n in plan["load"] if self.by_name[n].params]
-        if with_params:
-            declared = self.declared_params(with_params)
-            for name in with_params:
-                shown = self.kernel.param_names(name) or set()
-                unknown = [k for k in self.by_name[name].params if k not in declared.get(name, {}) and k not in shown]
-                if unknown and name in self.kernel.loaded():
-                    raise KmodError(f"{self.by_name[name].where}.params: {name} has no parameter {', '.join(unknown)}; {NOTHING}")
-                for k in unknown:
-                    # module_param_call() parameters such as nf_conntrack's hashsize are not in modinfo
-                    self.warn(f"{name} does not declare the parameter {k} in modinfo; it is checked in "
-                              f"/sys/module/{name}/parameters once loaded")
+        # parameters of a loaded module were checked against /sys/module in desired(); the
+        # others are checked against what the module declares
+        unseen = {n: [k for k in self.by_name[n].params if k not in (self.kernel.param_names(n) or set())]
+                  for n in plan["load"] if n not in plan["reload"]}
+        unseen = {n: keys for n, keys in unseen.items() if keys}
+        if unseen:
+            declared = self.declared_params(list(unseen))
+            for name, keys in unseen.items():
+                for k in keys:
+                    if k not in declared.get(name, {}):
+                        # module_param_call() parameters such as nf_conntrack's hashsize are not in modinfo
+                        self.warn(f"{name} does not declare the parameter {k} in modinfo; it is checked in "
+                                  f"/sys/module/{name}/parameters once loaded")
 
     # -- apply -----------------------------------------------------------------------------
     def apply(self, before: t.Dict[str, t.Any], after: t.Dict[str, t.Any]) -> None:
