@@ -505,12 +505,14 @@ class Request:
     persistent: t.Optional[str]
     reload: bool
     ignore_builtin: bool
+    # False when the task gave no params for the module: its persisted options are then kept
+    params_given: bool = True
     name: str = ""
     resolved_by: t.Optional[str] = None
     builtin: t.Optional[str] = None  # where the kernel says it is built in
 
     def settings(self) -> t.Tuple[t.Any, ...]:
-        return (self.state, sorted(self.params.items()), self.persistent, self.reload, self.ignore_builtin)
+        return (self.state, sorted(self.params.items()), self.params_given, self.persistent, self.reload, self.ignore_builtin)
 
 
 def build_requests(params: t.Dict[str, t.Any]) -> t.List[Request]:
@@ -536,6 +538,7 @@ def build_requests(params: t.Dict[str, t.Any]) -> t.List[Request]:
             raise KmodError(f"{where}: persistent=disabled blocks {name} from loading, which contradicts state=present; {NOTHING}")
         # the task-wide params are a default for the modules to load, never for those to unload
         raw_params = entry.get("params") if entry.get("params") is not None else (top["params"] if state == "present" else None)
+        params_given = raw_params is not None
         raw_params = raw_params or {}
         if not isinstance(raw_params, dict):
             raise KmodError(f"{where}.params must be a dictionary of parameter names to values; {NOTHING}")
@@ -548,7 +551,7 @@ def build_requests(params: t.Dict[str, t.Any]) -> t.List[Request]:
             module_params[key] = param_text(value, f"{where}.params.{key}")
         requests.append(Request(
             where=where, given=name, state=state, params=module_params, persistent=persistent,
-            reload=bool(merged["reload"]), ignore_builtin=bool(merged["ignore_builtin"]),
+            reload=bool(merged["reload"]), ignore_builtin=bool(merged["ignore_builtin"]), params_given=params_given,
         ))
     return requests
 
@@ -811,7 +814,8 @@ class KmodBackend(Backend):
                 names.append(name)
             if req.persistent != "present" and name in names:
                 names.remove(name)
-            conf.options.pop(name, None)
+            if req.persistent != "present" or req.params_given:
+                conf.options.pop(name, None)
             if req.persistent == "present" and req.params:
                 conf.options[name] = dict(req.params)
             if req.persistent == "disabled":

@@ -90,9 +90,10 @@ options:
       - Compared with C(/sys/module/NAME/parameters); a parameter the kernel does not show there cannot be verified and is
         reported in a warning. Parameters are given to C(modprobe) when loading and, with O(persistent=present), written as an
         C(options) line to the collection's C(modprobe.d) file so that they apply at boot too.
+      - When not given, the parameters the collection persisted for a module are kept, so a task that only loads a module
+        does not undo another task that set its parameters; an empty dictionary removes them.
       - Used as a default only for modules to be loaded; giving parameters for a module to unload is an error.
     type: dict
-    default: {}
   persistent:
     description:
       - V(present) loads the module at boot (a line in C(/etc/modules-load.d/PREFIX.conf)) with its O(params) (an
@@ -305,7 +306,7 @@ def main() -> None:
             name=dict(type="list", elements="str", aliases=["names"]),
             modules=dict(type="list", elements="dict", options=ENTRY),
             state=dict(type="str", choices=["present", "absent"]),
-            params=dict(type="dict", default={}),
+            params=dict(type="dict"),
             persistent=dict(type="str", choices=["present", "absent", "disabled"]),
             reload=dict(type="bool", default=False),
             ignore_builtin=dict(type="bool", default=False),

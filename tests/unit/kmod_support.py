@@ -22,7 +22,7 @@ if str(COLLECTIONS) not in sys.path:
 
 BIN = "/usr/sbin"
 # the module's defaults, as AnsibleModule fills them in
-DEFAULTS = {"name": None, "modules": None, "state": None, "params": {}, "persistent": None, "reload": False,
+DEFAULTS = {"name": None, "modules": None, "state": None, "params": None, "persistent": None, "reload": False,
             "ignore_builtin": False, "prefix": "kubenode-dataplane"}
 ENTRY_DEFAULTS = {"state": None, "params": None, "persistent": None, "reload": None, "ignore_builtin": None}
 
