@@ -413,7 +413,9 @@ class Kernel:
 
     @property
     def release(self) -> str:
-        return self._cached("release", lambda: (self._read("/proc/sys/kernel/osrelease") or os.uname().release).strip())
+        if "release" not in self._cache:
+            self._cache["release"] = (self._read("/proc/sys/kernel/osrelease") or os.uname().release).strip()
+        return self._cache["release"]
 
     @property
     def modules_dir(self) -> str:
@@ -600,9 +602,8 @@ class KmodBackend(Backend):
             self.module.warn(msg)
 
     def bin(self, name: str) -> str:
-        path = self.runner.which(name)
-        assert path is not None
-        return path
+        # which() raises ToolMissing rather than return None when the program is required
+        return str(self.runner.which(name))
 
     # -- names ----------------------------------------------------------------------------
     def _prepare(self) -> None:
