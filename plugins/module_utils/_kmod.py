@@ -715,6 +715,9 @@ class KmodBackend(Backend):
                     f"nor shown in /sys/module/{name}/parameters); {NOTHING}")
             for k in unseen:
                 self.warn(f"{name}.{k} is not shown in /sys/module/{name}/parameters, so its value cannot be compared or verified")
+        for k in req.params:
+            if k in shown and cur["params"].get(k) is None:
+                self.warn(f"/sys/module/{name}/parameters/{k} cannot be read, so its value cannot be compared or verified")
         return [k for k, v in req.params.items() if not same_param(cur["params"].get(k), v)]
 
     def _holders_error(self, req: Request, verb: str, leaving: t.Set[str]) -> t.Optional[str]:
@@ -768,11 +771,18 @@ class KmodBackend(Backend):
             err = self._holders_error(self.by_name[name], "unload" if name in plan["unload"] else "reload", leaving)
             if err:
                 problems.append(err)
+        files = self._files(before["files"])
+        blocked = parse_modprobe_conf(files[self.modprobe_file]).install
+        for name in plan["load"] + plan["reload"]:
+            if blocked.get(name) == BLOCK_COMMAND:
+                req = self.by_name[name]
+                problems.append(f"{name} ({req.where}) is blocked by an earlier persistent=disabled in {self.modprobe_file}; "
+                                "set persistent to present or absent to load it")
         if problems:
             raise KmodError("; ".join(problems) + f"; {NOTHING}")
         plan["unload"] = self._unload_order(plan["unload"] + plan["reload"])
         plan["load"] = self._load_order(plan["load"] + plan["reload"])
-        return {"modules": modules, "files": self._files(before["files"]), "plan": plan}
+        return {"modules": modules, "files": files, "plan": plan}
 
     def _unload_order(self, names: t.List[str]) -> t.List[str]:
         """Holders before the modules they hold."""
