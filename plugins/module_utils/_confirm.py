@@ -9,13 +9,16 @@ restore file (for example an nft script) and a detached process that, after the 
 the file and runs the restore command. A later task confirms by claiming the file first. The
 claim is an atomic rename, so exactly one of "rollback" and "confirm" wins, whatever the timing.
 
-Why a double-forked process rather than only a systemd timer: the rollback must run in the
-network namespace the change was made in. A process forked from the module inherits it, on a
-plain host as in a container or a netns test host where no systemd runs inside the namespace,
-while a systemd unit would run in PID 1's namespace. When systemd is PID 1 the process is
-additionally moved into a transient scope of its own (``kubenode-rollback-<pid>.scope``), so
-that the end of the SSH session it came from (logind's KillUserProcesses, sshd's session
-teardown) cannot kill it, and ``systemctl list-units 'kubenode-rollback-*'`` shows it.
+The detached process is a small stdlib-only script (ROLLBACK_SCRIPT, written next to the state)
+started through the Runner; it forks once into a new session, reports the pid and closes its
+output, so the module returns at once. Why a process of our own rather than a systemd timer
+unit: the rollback must run in the network namespace the change was made in. A process started
+by the module inherits it - on a plain host, in a container, or in a netns test host where no
+systemd runs inside the namespace - while a unit started by systemd runs in PID 1's namespace.
+When systemd is PID 1 the script is started with ``systemd-run --scope`` (through systemd's
+private socket, so no D-Bus daemon is needed): it then lives in a transient scope of its own,
+``kubenode-rollback-*.scope``, out of the SSH session it came from, so the end of that session
+(logind's KillUserProcesses, a restart of sshd) cannot kill it, and systemctl shows it.
 
 Used by the nft_ruleset module; generic in the restore command so that other ruleset modules
 can arm the same kind of rollback.
@@ -25,9 +28,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
+import sys
 import time
 import typing as t
 
@@ -35,6 +37,56 @@ from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import 
 
 STATE_DIR = "/run/kubenode-dataplane/rollback"
 SYSTEMD_MARK = "/run/systemd/system"
+
+
+# The detached process. Stdlib only, no shell: it must run after the module (and its temporary
+# files) are gone. argv: RESTORE FIRED RESULT TIMEOUT COMMAND...; runs COMMAND... FIRED.
+ROLLBACK_SCRIPT = '''\
+"""kubenode.dataplane rollback: after a timeout, claim the restore file and run the restore command."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def main():
+    restore, fired, result, timeout = sys.argv[1:5]
+    command = sys.argv[5:]
+    end = time.monotonic() + float(timeout)
+    # detach: a new session, no terminal, output closed (the caller waits for it to close)
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    print(os.getpid(), flush=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.chdir("/")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    while time.monotonic() < end:
+        time.sleep(min(end - time.monotonic(), 1.0))
+    try:
+        os.rename(restore, fired)
+    except FileNotFoundError:
+        return  # confirmed meanwhile
+    try:
+        proc = subprocess.run(command + [fired], capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, LC_ALL="C"), check=False)
+        outcome = {"rc": proc.returncode, "err": proc.stderr[-2000:]}
+    except (OSError, subprocess.SubprocessError) as exc:
+        outcome = {"rc": None, "err": str(exc)}
+    outcome["at"] = time.time()
+    tmp = result + ".tmp"
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump(outcome, f)
+    os.replace(tmp, result)
+
+
+if __name__ == "__main__":
+    main()
+'''
 
 
 class RolledBack(DataplaneError):
@@ -56,20 +108,6 @@ def _start_time(pid: int) -> t.Optional[str]:
         return None
     # the command name is in parentheses and may contain spaces: split after the last ')'
     return stat.rsplit(")", 1)[1].split()[19]
-
-
-class _Standalone:
-    """What Runner needs from a module, for the detached process (the module has exited by then)."""
-
-    def get_bin_path(self, name: str, required: bool = False, opt_dirs: t.Optional[t.List[str]] = None) -> t.Optional[str]:
-        path = os.pathsep.join((opt_dirs or []) + [os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
-        return shutil.which(name, path=path)
-
-    def run_command(self, argv, data=None, binary_data=False, environ_update=None, check_rc=False, expand_user_and_vars=False):
-        env = dict(os.environ)
-        env.update(environ_update or {})
-        proc = subprocess.run(argv, input=data.encode() if data is not None else None, capture_output=True, env=env, check=False)
-        return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
 
 
 class Rollbacks:
@@ -129,12 +167,9 @@ class Rollbacks:
         if not previous:
             for stale in ("fired", "confirmed", "result"):
                 _unlink(paths[stale])
-            tmp = paths["restore"] + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(restore_text)
-            os.replace(tmp, paths["restore"])
+            _write_private(paths["restore"], restore_text)
         deadline = time.time() + timeout
-        pid = _spawn(paths, restore_argv, timeout)
+        pid, unit = self._start(paths, restore_argv, timeout)
         record = {
             "key": key,
             "subject": list(subject),
@@ -144,37 +179,43 @@ class Rollbacks:
             "pid": pid,
             "pid_start": _start_time(pid),
             "restore_file": paths["restore"],
-            "mechanism": "detached process",
-            "unit": None,
+            "mechanism": "systemd scope" if unit else "detached process",
+            "unit": unit,
             "extra": dict(extra or (previous or {}).get("extra") or {}),
         }
-        unit = self._adopt(pid)
-        if unit:
-            record["mechanism"] = "systemd scope"
-            record["unit"] = unit
-        tmp = paths["json"] + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-        os.replace(tmp, paths["json"])
+        _write_private(paths["json"], json.dumps(record))
         return record
 
-    def _adopt(self, pid: int) -> t.Optional[str]:
-        """Move the process into a transient systemd scope of its own, when systemd is PID 1."""
-        if not os.path.isdir(SYSTEMD_MARK):
-            return None
-        busctl = self.runner.which("busctl", required=False)
-        if not busctl:
-            return None
-        unit = f"kubenode-rollback-{pid}.scope"
-        argv = [
-            busctl, "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
-            "StartTransientUnit", "ssa(sv)a(sa(sv))", unit, "fail", "2",
-            "PIDs", "au", "1", str(pid),
-            "Description", "s", "kubenode.dataplane: restores the previous ruleset unless the change is confirmed",
-            "0",
-        ]
-        res = self.runner.run(argv, ok_rc=range(256), what="moving the rollback process into its own systemd scope")
-        return unit if res.rc == 0 else None
+    def _script(self) -> str:
+        path = os.path.join(os.path.dirname(self.dir), "rollback.py")
+        try:
+            with open(path, encoding="utf-8") as f:
+                if f.read() == ROLLBACK_SCRIPT:
+                    return path
+        except FileNotFoundError:
+            pass
+        _write_private(path, ROLLBACK_SCRIPT)
+        return path
+
+    def _start(self, paths: t.Dict[str, str], restore_argv: t.List[str], timeout: int) -> t.Tuple[int, t.Optional[str]]:
+        """Start the detached rollback process; returns its pid and its systemd scope, if any."""
+        argv = [sys.executable, self._script(), paths["restore"], paths["fired"], paths["result"], str(timeout)] + list(restore_argv)
+        if os.path.isdir(SYSTEMD_MARK):
+            systemd_run = self.runner.which("systemd-run", required=False)
+            if systemd_run:
+                unit = f"kubenode-rollback-{os.path.basename(paths['restore']).split('.')[0]}-{os.urandom(3).hex()}.scope"
+                res = self.runner.run(
+                    [systemd_run, "--scope", "--quiet", f"--unit={unit}",
+                     "--description=kubenode.dataplane: restores the previous ruleset unless the change is confirmed", "--"] + argv,
+                    ok_rc=range(256), what="starting the rollback process in its own systemd scope",
+                )
+                if res.rc == 0 and res.out.strip().isdigit():
+                    return int(res.out.strip()), unit
+        res = self.runner.run(argv, what="starting the rollback process")
+        told = res.out.strip()
+        if not told.isdigit():
+            raise DataplaneError(f"the rollback process did not start (it said {told!r}); nothing was changed")
+        return int(told), None
 
     def _stop(self, record: t.Dict[str, t.Any]) -> None:
         pid = record.get("pid")
@@ -230,71 +271,16 @@ class Rollbacks:
             _unlink(path)
 
 
+def _write_private(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _spawn(paths: t.Dict[str, str], restore_argv: t.List[str], timeout: int) -> int:
-    """Double fork a process that runs the rollback after ``timeout`` seconds; returns its pid."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child:
-        os.close(write_end)
-        os.waitpid(child, 0)
-        with os.fdopen(read_end, "r") as pipe:
-            told = pipe.read().strip()
-        if not told.isdigit():
-            raise DataplaneError("could not start the rollback process; nothing was changed")
-        return int(told)
-    # first child: a new session, so that the grandchild has no controlling terminal and no
-    # session leader to be signalled with
-    try:
-        os.close(read_end)
-        os.setsid()
-        grandchild = os.fork()
-        if grandchild:
-            os.write(write_end, str(grandchild).encode())
-            os._exit(0)
-        os.close(write_end)
-        _detach()
-        _sleep_then_restore(paths, restore_argv, time.monotonic() + timeout)
-    except BaseException:  # pylint: disable=broad-except
-        pass
-    # never return into the module: its exit handlers belong to the parent
-    os._exit(0)
-
-
-def _detach() -> None:
-    os.chdir("/")
-    os.umask(0o077)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    # the connection waits for every copy of the module's stdout to close
-    os.closerange(3, 65536)
-
-
-def _sleep_then_restore(paths: t.Dict[str, str], restore_argv: t.List[str], deadline: float) -> None:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        time.sleep(min(left, 1.0))
-    try:
-        os.rename(paths["restore"], paths["fired"])
-    except FileNotFoundError:
-        return  # confirmed meanwhile
-    runner = Runner(_Standalone(), timeout=600)
-    try:
-        res = runner.run(list(restore_argv) + [paths["fired"]], ok_rc=range(256), what="rollback")
-        outcome = {"rc": res.rc, "err": res.err[-2000:], "at": time.time()}
-    except DataplaneError as exc:
-        outcome = {"rc": None, "err": str(exc), "at": time.time()}
-    tmp = paths["result"] + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(outcome, f)
-    os.replace(tmp, paths["result"])

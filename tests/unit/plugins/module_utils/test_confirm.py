@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
@@ -15,11 +16,14 @@ COPY = [sys.executable, "-c", "import shutil, sys; shutil.copy(sys.argv[1], sys.
 
 
 class Local:
-    def get_bin_path(self, name, required=False, opt_dirs=None):
-        return None  # no busctl, no timeout: the plain detached process
+    """Runs commands for real, as AnsibleModule.run_command would (no timeout wrapper, no systemd here)."""
 
-    def run_command(self, argv, **_kw):  # pragma: no cover - nothing runs through it in these tests
-        raise AssertionError(argv)
+    def get_bin_path(self, name, required=False, opt_dirs=None):
+        return None
+
+    def run_command(self, argv, data=None, **_kw):
+        proc = subprocess.run(argv, input=data, capture_output=True, text=True, check=False, timeout=30)
+        return proc.returncode, proc.stdout, proc.stderr
 
 
 @pytest.fixture
