@@ -1,0 +1,1045 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kubenode.dataplane contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""nftables backend: tables the collection owns, compared in the kernel's own words.
+
+How "equal" is decided: the current owned tables are read with ``nft list table`` (the kernel's
+view, printed by nft). The desired script is turned into the same kind of text by loading it
+into a scratch network namespace (``unshare --net``, or a named one with stand-in interfaces
+when the script names interfaces) and listing it there. Both texts are then normalised for what
+changes without anyone changing the ruleset: counter values, quota usage, timeouts counting down,
+elements the packet path adds to dynamic sets, and the order of sets and chains in a table.
+Formatting, element order, defaults (``priority 0`` vs ``priority filter``) and handles never
+reach the comparison because the kernel and nft settle them identically on both sides.
+
+The canonical form of a script only depends on the script, nft's version and the kernel, so it
+is remembered in a small cache (/var/cache/kubenode-dataplane/nft): a no-op run costs one
+``nft list table`` per owned table. See docs/performance/nft.md for the measurements behind this.
+
+Apply is one ``nft -f`` transaction: for each owned table ``table X`` + ``delete table X``
+(works whether or not it exists), then the desired script by ``include``, so nft's messages
+point at the lines of the user's script. No other table is named, so no other table changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import typing as t
+import zlib
+
+from dataclasses import dataclass, field
+
+from ansible_collections.kubenode.dataplane.plugins.module_utils._confirm import STATE_DIR as ROLLBACK_DIR, Rollbacks
+from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft_schema
+from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend
+from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import CommandError, DataplaneError, Runner
+
+FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
+TABLE_RE = re.compile(r"^(ip|ip6|inet|arp|bridge|netdev) ([A-Za-z_][A-Za-z0-9_./-]{0,255})$")
+
+# Tables other programs create and manage on Kubernetes nodes.
+FOREIGN_NAMES = {
+    "kube-proxy": "kube-proxy's nftables mode",
+    "calico": "Calico's nftables dataplane",
+    "firewalld": "firewalld",
+    "docker": "Docker",
+    "docker-bridges": "Docker's nftables firewall backend",
+}
+# iptables-nft keeps the classic tables in these families; kube-proxy (iptables mode), Calico and
+# Docker write into them through iptables
+XTABLES_NAMES = ("filter", "nat", "mangle", "raw", "security", "broute")
+XTABLES_FAMILIES = ("ip", "ip6", "arp", "bridge")
+IPTABLES_NFT_WARNING = "is managed by iptables-nft"
+
+CACHE_DIR = "/var/cache/kubenode-dataplane/nft"
+CACHE_KEEP = 64
+SCRATCH_PREFIX = "kubenode-scratch-"
+
+# top-level commands that may appear in content, besides the ones that name an owned table
+SCRIPT_VERBS = ("add", "create", "insert", "replace", "delete", "destroy", "flush")
+SCRIPT_OBJECTS = (
+    "table", "chain", "rule", "set", "map", "element", "counter", "quota", "limit", "flowtable", "ct",
+    "secmark", "synproxy",
+)
+
+
+class ScriptError(DataplaneError):
+    """The script is not acceptable (before nft ever sees it)."""
+
+
+class NftError(DataplaneError):
+    """nft rejected a script; the message carries nft's own text with the line."""
+
+
+def parse_table(ref: str) -> str:
+    """'inet  foo' -> 'inet foo'; raises ScriptError for anything else."""
+    norm = " ".join(str(ref).split())
+    if not TABLE_RE.match(norm):
+        raise ScriptError(
+            f"'{ref}' is not a table reference: write the family ({', '.join(FAMILIES)}) and the name, "
+            "for example 'inet kubenode_firewall'; nothing was changed"
+        )
+    return norm
+
+
+# ---------------------------------------------------------------- the script lexer
+
+
+@dataclass
+class Statement:
+    line: int
+    tokens: t.List[str]
+
+
+def statements(text: str) -> t.List[Statement]:
+    """Top-level statements of an nft script with their first line; words inside braces are skipped.
+
+    Enough of nft's syntax to see which command each statement is and which table it names:
+    strings, comments, line continuations, ';' and newlines as separators outside braces.
+    """
+    out: t.List[Statement] = []
+    tokens: t.List[str] = []
+    word: t.List[str] = []
+    line = 1
+    start = 0
+    depth = 0
+    i = 0
+    n = len(text)
+
+    def end_word() -> None:
+        if word:
+            tokens.append("".join(word))
+            word.clear()
+
+    def end_statement() -> None:
+        end_word()
+        if tokens:
+            out.append(Statement(start, list(tokens)))
+            tokens.clear()
+
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = text.find('"', i + 1)
+            j = n - 1 if j < 0 else j
+            if depth == 0:
+                if not tokens and not word:
+                    start = line
+                word.append(text[i:j + 1])
+            line += text.count("\n", i, j + 1)
+            i = j + 1
+            continue
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c == "\\" and text.startswith("\n", i + 1):
+            line += 1
+            i += 2
+            continue
+        if c == "{":
+            end_word()
+            if depth == 0:
+                if not tokens:
+                    start = line
+                tokens.append("{")
+            depth += 1
+        elif c == "}":
+            end_word()
+            depth = max(depth - 1, 0)
+            if depth == 0:
+                tokens.append("}")
+        elif c in "\n;" and depth == 0:
+            end_statement()
+            if c == "\n":
+                line += 1
+        elif c.isspace():
+            if depth == 0:
+                end_word()
+            if c == "\n":
+                line += 1
+        elif depth == 0:
+            if not tokens and not word:
+                start = line
+            word.append(c)
+        i += 1
+    end_statement()
+    return out
+
+
+def _table_of(tokens: t.List[str]) -> t.Tuple[t.Optional[str], str]:
+    """The table a command names (or None) and an error text when the command is not allowed."""
+    words = [w for w in tokens if w not in ("{", "}")]
+    if not words:
+        return None, ""
+    head = words[0]
+    if head in ("define", "redefine", "undefine"):
+        return None, ""
+    if head in SCRIPT_VERBS:
+        rest = words[1:]
+        if head == "flush" and rest[:1] == ["ruleset"]:
+            return None, "'flush ruleset' would delete every table, other owners' included"
+    elif head in SCRIPT_OBJECTS:
+        rest = words  # nft's implicit "add"
+    else:
+        return None, f"'{head}' is not a definition (only tables and their contents can be declared)"
+    if not rest or rest[0] not in SCRIPT_OBJECTS:
+        return None, f"'{' '.join(words[:3])}' is not a command on a table"
+    rest = rest[1:]
+    if words[0] == "ct" or (len(words) > 1 and words[1] == "ct"):
+        rest = rest[1:]  # ct helper|timeout|expectation
+    family = "ip"
+    if rest and rest[0] in FAMILIES:
+        family, rest = rest[0], rest[1:]
+    if not rest:
+        return None, f"'{' '.join(words[:3])}' names no table"
+    name = rest[0]
+    if not TABLE_RE.match(f"{family} {name}"):
+        return None, f"the table name '{name}' must be written literally"
+    return f"{family} {name}", ""
+
+
+def tables_named(text: str, label: str = "content") -> t.List[str]:
+    """Every table a script names, in order of appearance; ScriptError for commands reaching elsewhere."""
+    named: t.List[str] = []
+    problems = []
+    for st in statements(text):
+        table, problem = _table_of(st.tokens)
+        if problem:
+            problems.append(f"{label} line {st.line}: {problem}")
+        elif table and table not in named:
+            named.append(table)
+    if problems:
+        raise ScriptError("; ".join(problems) + "; nothing was changed")
+    return named
+
+
+INTERFACE_RE = re.compile(r'\b(?:iif|oif)\s+(?:!=\s*)?(\{[^}]*\}|"[^"]*"|[A-Za-z0-9_.:@-]+)|\bdevices?\s*=?\s*(\{[^}]*\}|"[^"]*"|[A-Za-z0-9_.:@-]+)')
+
+
+def interfaces(text: str) -> t.List[str]:
+    """Interface names a script resolves to an index when loaded (iif, oif, hook and flowtable devices)."""
+    found: t.List[str] = []
+    for m in INTERFACE_RE.finditer(text):
+        group = m.group(1) or m.group(2) or ""
+        for item in group.strip("{}").split(","):
+            name = item.strip().strip('"')
+            if name and name != "lo" and not name.startswith("$") and not name.isdigit() and len(name) <= 15 \
+                    and re.match(r"^[A-Za-z0-9_.:@-]+$", name) and name not in found:
+                found.append(name)
+    return found
+
+
+# ---------------------------------------------------------------- the kernel's listing
+
+
+def split_listing(text: str) -> t.Dict[str, str]:
+    """'nft list table' output (one or several tables) -> {'inet foo': text of the table}."""
+    tables: t.Dict[str, str] = {}
+    current = None
+    buf: t.List[str] = []
+    for line in text.splitlines():
+        if current is None:
+            if line.startswith("table ") and line.endswith("{"):
+                current = " ".join(line.split()[1:3])
+                buf = [line]
+            continue
+        buf.append(line)
+        if line == "}":
+            tables[current] = "\n".join(buf) + "\n"
+            current = None
+    return tables
+
+
+_COUNTER_RE = re.compile(r"\bcounter packets \d+ bytes \d+")
+_NAMED_COUNTER_RE = re.compile(r"^(\t+)packets \d+ bytes \d+$")
+_USED_RE = re.compile(r" used \d+ [kmg]?bytes")
+_EXPIRES_RE = re.compile(r" expires [0-9dhms]+")
+
+
+def _outside_strings(line: str) -> str:
+    """Apply the volatile-value rewrites to the parts of a line that are not quoted strings."""
+    if '"' not in line:
+        return _rewrite(line)
+    parts = line.split('"')
+    for k in range(0, len(parts), 2):
+        parts[k] = _rewrite(parts[k])
+    return '"'.join(parts)
+
+
+def _rewrite(s: str) -> str:
+    if "packets" in s:
+        s = _COUNTER_RE.sub("counter packets 0 bytes 0", s)
+        s = _NAMED_COUNTER_RE.sub(r"\1packets 0 bytes 0", s)
+    if " used " in s:
+        s = _USED_RE.sub("", s)
+    if " expires " in s:
+        s = _EXPIRES_RE.sub("", s)
+    return s
+
+
+def _blocks(table_text: str) -> t.Tuple[str, t.List[str], t.List[t.Tuple[str, t.List[str]]]]:
+    """Header, table-level lines and the (key, lines) of each set, map, chain, object of a table."""
+    lines = table_text.rstrip("\n").split("\n")
+    header, body = lines[0], lines[1:-1]
+    attrs: t.List[str] = []
+    blocks: t.List[t.Tuple[str, t.List[str]]] = []
+    current: t.Optional[t.List[str]] = None
+    for line in body:
+        if current is not None:
+            current.append(line)
+            if line == "\t}":
+                current = None
+            continue
+        if not line.strip():
+            continue
+        if line.endswith("{") and line.startswith("\t") and not line.startswith("\t\t"):
+            current = [line]
+            blocks.append((line.strip()[:-1].strip(), current))
+        else:
+            attrs.append(line)
+    return header, attrs, blocks
+
+
+def _drop_elements(block: t.List[str]) -> t.List[str]:
+    out = []
+    skipping = False
+    depth = 0
+    for line in block:
+        if not skipping and line.startswith("\t\telements = {"):
+            skipping = True
+            depth = 0
+        if skipping:
+            depth += line.count("{") - line.count("}")
+            if depth <= 0:
+                skipping = False
+            continue
+        out.append(line)
+    return out
+
+
+def normalise(table_text: str) -> str:
+    """The kernel's listing of one table without what changes by itself (see the module docstring)."""
+    header, attrs, blocks = _blocks(table_text)
+    out = [header] + attrs
+    for n, (key, block) in enumerate(blocks):
+        kind = key.split(" ", 1)[0]
+        if kind in ("set", "map") and any(ln.startswith("\t\tflags ") and "dynamic" in ln for ln in block):
+            # filled by the packet path ("add @set", "update @set"), not by the ruleset
+            block = _drop_elements(block)
+        if n or attrs:
+            out.append("")
+        out.extend(_outside_strings(ln) for ln in block)
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def compare_key(normalised: t.Optional[str]) -> t.Optional[str]:
+    """Order of sets, maps, objects and chains in a table is not significant: sort them."""
+    if normalised is None:
+        return None
+    header, attrs, blocks = _blocks(normalised)
+    parts = [header] + sorted(attrs)
+    for _key, block in sorted(blocks, key=lambda kb: kb[0]):
+        parts.extend(block)
+    return "\n".join(parts)
+
+
+def map_nft_error(err: str, paths: t.Dict[str, str]) -> str:
+    """nft's message with our temporary file names replaced by what the user knows them as."""
+    keep = []
+    for line in err.rstrip().splitlines():
+        if line.startswith("In file included from") or line.startswith("                 from"):
+            continue
+        for path, label in paths.items():
+            line = line.replace(path, label)
+        keep.append(line.rstrip())
+    return "\n".join(keep)
+
+
+# ---------------------------------------------------------------- the canonical-form cache
+
+
+class CanonicalCache:
+    """sha256(nft version, kernel, owned tables, script) -> the kernel's canonical listing of the script.
+
+    Pure function of its key, so it is shared by every network namespace of a machine. Holds the
+    normalised text (zlib, base64) so that diffs and persisted files come from it too.
+    """
+
+    def __init__(self, directory: str = CACHE_DIR, enabled: bool = True, keep: int = CACHE_KEEP) -> None:
+        self.directory = directory
+        self.enabled = enabled
+        self.keep = keep
+
+    @staticmethod
+    def key(nft_version: str, tables: t.Sequence[str], script: str) -> str:
+        h = hashlib.sha256()
+        for part in (nft_version, os.uname().release, "\n".join(tables), script):
+            h.update(part.encode())
+            h.update(b"\0")
+        return h.hexdigest()
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.directory, f"{key}.json")
+
+    def get(self, key: str) -> t.Optional[t.Dict[str, str]]:
+        if not self.enabled:
+            return None
+        try:
+            with open(self._path(key), encoding="utf-8") as f:
+                data = json.load(f)
+            return json.loads(zlib.decompress(base64.b64decode(data["tables"])).decode())
+        except (OSError, ValueError, KeyError, zlib.error):
+            return None
+
+    def put(self, key: str, tables: t.Dict[str, str]) -> None:
+        if not self.enabled:
+            return
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            blob = base64.b64encode(zlib.compress(json.dumps(tables).encode(), 6)).decode()
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"tables": blob, "stored": time.time()}, f)
+            os.replace(tmp, self._path(key))
+            entries = sorted(
+                (os.path.join(self.directory, e) for e in os.listdir(self.directory) if e.endswith(".json")),
+                key=lambda p: os.stat(p).st_mtime,
+            )
+            for old in entries[:-self.keep]:
+                os.unlink(old)
+        except OSError:
+            pass  # a cache: a full or read-only disk only costs time
+
+
+# ---------------------------------------------------------------- persistence
+
+CONF_FLUSH_BEGIN = "# BEGIN kubenode.dataplane.nft_ruleset: instead of flush ruleset"
+CONF_INCLUDE_BEGIN = "# BEGIN kubenode.dataplane.nft_ruleset: include"
+CONF_END = "# END kubenode.dataplane.nft_ruleset"
+FLUSH_LINE_RE = re.compile(r"^\s*flush\s+ruleset\s*;?\s*(#.*)?$")
+DROPIN = "/etc/systemd/system/nftables.service.d/kubenode-dataplane.conf"
+SERVICE = "nftables.service"
+SERVICE_KEY = f"systemd:{SERVICE}"
+
+DROPIN_TEXT = """\
+# Managed by kubenode.dataplane.nft_ruleset.
+# Debian's nftables.service runs "nft flush ruleset" when it stops (and so on every restart),
+# which would delete kube-proxy's, Calico's and Docker's live tables along with the host's own.
+# Stopping the service now leaves the ruleset as it is; starting or reloading it loads
+# /etc/nftables.conf, which replaces only the tables it defines.
+[Service]
+ExecStop=
+"""
+
+
+def table_file_name(table: str) -> str:
+    family, name = table.split(" ", 1)
+    return f"kubenode-{family}-{name}.nft"
+
+
+def table_file_text(table: str, canonical: str) -> str:
+    return (
+        "#!/usr/sbin/nft -f\n"
+        f"# Managed by kubenode.dataplane.nft_ruleset: table {table}. Changes made here are replaced on the next run.\n"
+        "# Loading this file replaces this one table and nothing else (never 'flush ruleset').\n"
+        f"table {table}\n"
+        f"delete table {table}\n"
+        f"{canonical}"
+    )
+
+
+def managed_conf(text: t.Optional[str], include_glob: str) -> str:
+    """/etc/nftables.conf made to load the owned tables and to stop flushing other owners' tables.
+
+    Every top-level 'flush ruleset' becomes a managed block that replaces, one by one, the tables
+    the file itself defines after it (what the flush did for them); the owned tables' files are
+    included at the end. Other content stays as it is. Idempotent: applied to its own output it
+    returns it unchanged.
+    """
+    if text is None:
+        text = "#!/usr/sbin/nft -f\n"
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    kept: t.List[str] = []
+    flush_at: t.Optional[int] = None
+    skipping = False
+    for line in lines:
+        if skipping:
+            if line.strip() == CONF_END:
+                skipping = False
+            continue
+        if line.strip() in (CONF_FLUSH_BEGIN, CONF_INCLUDE_BEGIN):
+            if line.strip() == CONF_FLUSH_BEGIN and flush_at is None:
+                flush_at = len(kept)
+            skipping = True
+            continue
+        if FLUSH_LINE_RE.match(line):
+            if flush_at is None:
+                flush_at = len(kept)
+            continue
+        kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    out = list(kept)
+    if flush_at is not None:
+        defined = [tb for tb in _defined_tables("\n".join(kept[flush_at:]))]
+        block = [
+            CONF_FLUSH_BEGIN,
+            '# "flush ruleset" was here. It deleted every table each time this file was loaded (boot,',
+            "# systemctl reload nftables), kube-proxy's, Calico's and Docker's live tables included. Instead,",
+            "# the tables this file defines below are replaced one by one; other owners' tables stay untouched.",
+        ]
+        for table in defined:
+            block += [f"table {table}", f"delete table {table}"]
+        block.append(CONF_END)
+        out[flush_at:flush_at] = block
+    out += [
+        "",
+        CONF_INCLUDE_BEGIN,
+        "# the tables owned by kubenode.dataplane.nft_ruleset, one file each",
+        f'include "{include_glob}"',
+        CONF_END,
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _defined_tables(text: str) -> t.List[str]:
+    found = []
+    for st in statements(text):
+        words = [w for w in st.tokens if w not in ("{", "}")]
+        if words[:1] == ["table"] or words[:2] in (["add", "table"], ["create", "table"]):
+            rest = words[1:] if words[0] == "table" else words[2:]
+            family = rest[0] if rest and rest[0] in FAMILIES else "ip"
+            name = rest[1] if rest and rest[0] in FAMILIES and len(rest) > 1 else (rest[0] if rest else "")
+            ref = f"{family} {name}"
+            if TABLE_RE.match(ref) and ref not in found:
+                found.append(ref)
+    return found
+
+
+# ---------------------------------------------------------------- the backend
+
+
+@dataclass
+class NftState:
+    tables: t.Dict[str, t.Optional[str]]  # owned table -> normalised listing, None when absent
+    files: t.Dict[str, t.Optional[str]] = field(default_factory=dict)  # path (or systemd:unit) -> content
+    raw: t.Dict[str, str] = field(default_factory=dict)  # the kernel's listing as read (rollback snapshots)
+
+
+@dataclass
+class Options:
+    tables: t.List[str]
+    script: t.Optional[str]
+    state: str = "present"
+    force: bool = False
+    persist: bool = False
+    persist_dir: str = "/etc/nftables.d"
+    persist_conf: str = "/etc/nftables.conf"
+    persist_service: bool = True
+    confirm_timeout: t.Optional[int] = None
+    canonical_cache: bool = True
+    label: str = "content"
+    cache_dir: str = CACHE_DIR
+    rollback_dir: t.Optional[str] = None
+
+
+class NftBackend(Backend):
+    def __init__(self, module: t.Any, runner: Runner, opts: Options) -> None:
+        self.module = module
+        self.runner = runner
+        self.opts = opts
+        self.cache = CanonicalCache(opts.cache_dir, opts.canonical_cache)
+        self.timings: t.Dict[str, float] = {}
+        self.canonical_source: t.Optional[str] = None
+        self.rollback: t.Optional[t.Dict[str, t.Any]] = None
+        self.deferred_files = False
+        self.written: t.List[str] = []
+        self._workdir: t.Optional[str] = None
+        self._before: t.Optional[NftState] = None
+        self._iptables_nft: t.Set[str] = set()
+
+    # -------------------------------------------------------- helpers
+
+    def _nft(self) -> str:
+        return self.runner.which("nft")
+
+    def _time(self, step: str, since: float) -> None:
+        self.timings[step] = round(self.timings.get(step, 0.0) + time.monotonic() - since, 4)
+
+    def workdir(self) -> str:
+        if self._workdir is None:
+            base = getattr(self.module, "tmpdir", None) or None
+            self._workdir = tempfile.mkdtemp(prefix="kubenode-nft-", dir=base)
+        return self._workdir
+
+    def _write(self, name: str, text: str) -> str:
+        path = os.path.join(self.workdir(), name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def _errors(self, err: str, extra: t.Optional[t.Dict[str, str]] = None) -> str:
+        paths = {os.path.join(self.workdir(), "desired.nft"): self.opts.label}
+        paths.update(extra or {})
+        return map_nft_error(err, paths)
+
+    # -------------------------------------------------------- read
+
+    def read_tables(self) -> t.Tuple[t.Dict[str, t.Optional[str]], t.Dict[str, str]]:
+        nft = self._nft()
+        tables: t.Dict[str, t.Optional[str]] = {}
+        raw: t.Dict[str, str] = {}
+        for table in self.opts.tables:
+            family, name = table.split(" ", 1)
+            res = self.runner.run([nft, "list", "table", family, name], ok_rc=(0, 1), what=f"reading table {table}")
+            if res.rc == 1:
+                if "No such file or directory" in res.err:
+                    tables[table] = None
+                    continue
+                raise CommandError(res.argv, res.rc, res.out, res.err, f"reading table {table}")
+            if IPTABLES_NFT_WARNING in res.err:
+                self._iptables_nft.add(table)
+            listed = split_listing(res.out).get(table, res.out)
+            raw[table] = listed
+            tables[table] = normalise(listed)
+        return tables, raw
+
+    def current(self) -> NftState:
+        since = time.monotonic()
+        tables, raw = self.read_tables()
+        self._time("read", since)
+        files = self.read_files() if self.opts.persist else {}
+        return NftState(tables, files, raw)
+
+    def read_files(self) -> t.Dict[str, t.Optional[str]]:
+        files: t.Dict[str, t.Optional[str]] = {}
+        paths = [os.path.join(self.opts.persist_dir, table_file_name(tb)) for tb in self.opts.tables]
+        paths.append(self.opts.persist_conf)
+        if self.opts.persist_service:
+            paths.append(DROPIN)
+        for path in paths:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    files[path] = f.read()
+            except FileNotFoundError:
+                files[path] = None
+        if self.opts.persist_service:
+            systemctl = self.runner.which("systemctl")
+            res = self.runner.run([systemctl, "is-enabled", SERVICE], ok_rc=range(256), what="reading nftables.service")
+            files[SERVICE_KEY] = res.out.strip() or "not-found"
+        return files
+
+    # -------------------------------------------------------- desired
+
+    def check_ownership(self) -> None:
+        if self.opts.force:
+            return
+        for table in self.opts.tables:
+            family, name = table.split(" ", 1)
+            owner = FOREIGN_NAMES.get(name)
+            if owner is None and family in XTABLES_FAMILIES and name in XTABLES_NAMES:
+                owner = "iptables-nft (kube-proxy's iptables mode, Calico and Docker write there)"
+            if owner is None and table in self._iptables_nft:
+                owner = "iptables-nft (nft says so when listing it)"
+            if owner:
+                raise ScriptError(
+                    f"the table '{table}' belongs to {owner}; refusing to manage it (set force: true to take it over); "
+                    "nothing was changed"
+                )
+
+    def canonical(self, check_mode: bool) -> t.Dict[str, str]:
+        """The kernel's listing of the desired script, normalised, per owned table."""
+        script = self.opts.script or ""
+        nft = self._nft()
+        since = time.monotonic()
+        version = self.runner.run([nft, "--version"], what="reading nft's version").out.strip()
+        key = CanonicalCache.key(version, self.opts.tables, script)
+        hit = self.cache.get(key)
+        self._time("cache", since)
+        if hit is not None and set(hit) == set(self.opts.tables):
+            self.canonical_source = "cache"
+            return hit
+        since = time.monotonic()
+        path = self._write("desired.nft", script)
+        commands = f'include "{path}"\n' + "".join(f"list table {tb}\n" for tb in self.opts.tables)
+        needs = interfaces(script)
+        if needs:
+            res = self._scratch_named(nft, commands, needs)
+        else:
+            unshare = self.runner.which("unshare")
+            res = self.runner.run([unshare, "--net", nft, "-i"], data=commands, what="loading the desired ruleset into a scratch namespace")
+        self._time("scratch", since)
+        listed = split_listing(res.out)
+        if path in res.err:
+            # the include failed: nft's message for the user's script, without the list commands' echoes
+            first = res.err.split("\nError: No such file or directory\nlist table", 1)[0]
+            hint = ""
+            if "Interface does not exist" in first:
+                hint = "\n(the scratch namespace has stand-ins only for interfaces named literally after iif, oif and device)"
+            raise NftError(f"nft rejected {self.opts.label}; nothing was changed:\n{self._errors(first)}{hint}")
+        missing = [tb for tb in self.opts.tables if tb not in listed]
+        if missing:
+            raise ScriptError(
+                f"{self.opts.label} does not define the table(s) {', '.join(missing)} listed in tables "
+                "(use state: absent to remove a table); nothing was changed"
+            )
+        tables = {tb: normalise(listed[tb]) for tb in self.opts.tables}
+        self.canonical_source = "scratch namespace"
+        if not check_mode:
+            self.cache.put(key, tables)
+        return tables
+
+    def _scratch_named(self, nft: str, commands: str, needs: t.List[str]):
+        """A named scratch namespace with stand-in veth interfaces for the names the script resolves."""
+        ip = self.runner.which("ip")
+        self._reap_scratch(ip)
+        ns = f"{SCRATCH_PREFIX}{os.getpid()}-{os.urandom(3).hex()}"
+        self.runner.run([ip, "netns", "add", ns], what="creating a scratch namespace")
+        try:
+            for k, name in enumerate(needs):
+                peer = f"knpeer{k}"
+                self.runner.run([ip, "-n", ns, "link", "add", name, "type", "veth", "peer", "name", peer],
+                                what=f"creating a stand-in for interface {name} in the scratch namespace")
+            return self.runner.run([ip, "netns", "exec", ns, nft, "-i"], data=commands,
+                                   what="loading the desired ruleset into a scratch namespace")
+        finally:
+            self.runner.run([ip, "netns", "del", ns], ok_rc=range(256), what="removing the scratch namespace")
+
+    def _reap_scratch(self, ip: str) -> None:
+        # scratch namespaces of runs that were killed before their cleanup
+        try:
+            names = os.listdir("/run/netns")
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(SCRATCH_PREFIX):
+                pid = name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+                if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                    self.runner.run([ip, "netns", "del", name], ok_rc=range(256), what="removing a stale scratch namespace")
+
+    def desired(self, before: NftState) -> NftState:
+        self._before = before
+        self.check_ownership()
+        if self.opts.state == "absent":
+            tables: t.Dict[str, t.Optional[str]] = {tb: None for tb in self.opts.tables}
+        else:
+            tables = dict(self.canonical(self.module.check_mode))
+        files: t.Dict[str, t.Optional[str]] = {}
+        if self.opts.persist:
+            files = self.desired_files(tables, before.files)
+            tables_change = any(compare_key(before.tables.get(tb)) != compare_key(tables[tb]) for tb in tables)
+            if self.opts.confirm_timeout and tables_change and files != before.files:
+                # persisted only once confirmed: a reboot before the confirmation must come back to
+                # the last confirmed ruleset, not to the one that may have locked the node out
+                self.deferred_files = True
+                files = dict(before.files)
+        return NftState(tables, files)
+
+    def desired_files(self, tables: t.Dict[str, t.Optional[str]], current: t.Dict[str, t.Optional[str]]) -> t.Dict[str, t.Optional[str]]:
+        files: t.Dict[str, t.Optional[str]] = {}
+        for table, text in tables.items():
+            path = os.path.join(self.opts.persist_dir, table_file_name(table))
+            files[path] = table_file_text(table, text) if text is not None else None
+        if self.opts.state == "absent":
+            # only the owned tables' files go; the include of the (now smaller) set of files stays
+            for path, content in current.items():
+                files.setdefault(path, content)
+            return files
+        glob = os.path.join(self.opts.persist_dir, "kubenode-*.nft")
+        files[self.opts.persist_conf] = managed_conf(current.get(self.opts.persist_conf), glob)
+        if self.opts.persist_service:
+            files[DROPIN] = DROPIN_TEXT
+            state = current.get(SERVICE_KEY)
+            files[SERVICE_KEY] = state if state in ("enabled", "static", "enabled-runtime", "alias") else "enabled"
+        return files
+
+    # -------------------------------------------------------- compare, render
+
+    def equal(self, actual: NftState, wanted: NftState) -> bool:
+        for table in self.opts.tables:
+            if compare_key(actual.tables.get(table)) != compare_key(wanted.tables.get(table)):
+                return False
+        return actual.files == wanted.files
+
+    def tables_differ(self, a: NftState, b: NftState) -> bool:
+        return any(compare_key(a.tables.get(tb)) != compare_key(b.tables.get(tb)) for tb in self.opts.tables)
+
+    def render(self, state: NftState) -> str:
+        parts = []
+        for table in self.opts.tables:
+            text = state.tables.get(table)
+            parts.append(text if text is not None else f"# table {table}: absent\n")
+        for path, content in sorted(state.files.items()):
+            if path == SERVICE_KEY:
+                parts.append(f"# {SERVICE}: {content}\n")
+            elif content is None:
+                parts.append(f"# {path}: absent\n")
+            elif path.startswith(self.opts.persist_dir + os.sep):
+                digest = hashlib.sha256(content.encode()).hexdigest()[:12]
+                parts.append(f"# {path}: {content.count(chr(10))} lines, sha256 {digest}\n")
+            else:
+                parts.append(f"# --- {path}\n" + content)
+        return "".join(parts)
+
+    # -------------------------------------------------------- dry run, apply
+
+    def transaction(self, before: NftState, after: NftState) -> str:
+        lines = []
+        for table in self.opts.tables:
+            lines += [f"table {table}", f"delete table {table}"]
+        if self.opts.state == "present":
+            lines.append(f'include "{os.path.join(self.workdir(), "desired.nft")}"')
+        return "\n".join(lines) + "\n"
+
+    def validate(self, after: NftState) -> None:
+        before = self._before or NftState({})
+        nft = self._nft()
+        if self.tables_differ(before, after):
+            if self.opts.state == "present":
+                self._write("desired.nft", self.opts.script or "")
+            tx = self._write("transaction.nft", self.transaction(before, after))
+            since = time.monotonic()
+            res = self.runner.run([nft, "-c", "-f", tx], ok_rc=range(256), what="dry run (nft -c)")
+            self._time("dry_run", since)
+            if res.rc != 0:
+                raise NftError(f"nft rejected {self.opts.label} in a dry run (nft -c); nothing was changed:\n{self._errors(res.err, {tx: 'transaction'})}")
+        if self.opts.persist and not self.deferred_files:
+            self.check_files(after.files, before.files)
+
+    def check_files(self, files: t.Dict[str, t.Optional[str]], current: t.Dict[str, t.Optional[str]]) -> None:
+        """Dry-run the persisted files as nft would load them at boot, from a staging copy."""
+        nft = self._nft()
+        stage = os.path.join(self.workdir(), "persist")
+        os.makedirs(stage, exist_ok=True)
+        for table in self.opts.tables:
+            path = os.path.join(self.opts.persist_dir, table_file_name(table))
+            content = files.get(path)
+            if content is None:
+                continue
+            staged = os.path.join(stage, table_file_name(table))
+            with open(staged, "w", encoding="utf-8") as f:
+                f.write(content)
+        # the other owned tables' files already in place are part of what boot loads
+        if os.path.isdir(self.opts.persist_dir):
+            for name in os.listdir(self.opts.persist_dir):
+                staged = os.path.join(stage, name)
+                if name.startswith("kubenode-") and name.endswith(".nft") and not os.path.exists(staged) \
+                        and os.path.join(self.opts.persist_dir, name) not in files:
+                    with open(os.path.join(self.opts.persist_dir, name), encoding="utf-8") as src, \
+                            open(staged, "w", encoding="utf-8") as dst:
+                        dst.write(src.read())
+        conf = files.get(self.opts.persist_conf)
+        if conf is None:
+            return
+        staged_conf = conf.replace(
+            f'include "{os.path.join(self.opts.persist_dir, "kubenode-*.nft")}"', f'include "{os.path.join(stage, "kubenode-*.nft")}"'
+        )
+        path = self._write("nftables.conf", staged_conf)
+        res = self.runner.run([nft, "-c", "-f", path], ok_rc=range(256), what=f"dry run of {self.opts.persist_conf}")
+        if res.rc != 0:
+            raise NftError(
+                f"{self.opts.persist_conf} with the owned tables would not load at boot; nothing was changed:\n"
+                + self._errors(res.err, {path: self.opts.persist_conf, stage: self.opts.persist_dir})
+            )
+
+    def apply(self, before: NftState, after: NftState) -> None:
+        nft = self._nft()
+        if self.tables_differ(before, after):
+            tx = os.path.join(self.workdir(), "transaction.nft")
+            if self.opts.confirm_timeout:
+                self.arm_rollback(before)
+            since = time.monotonic()
+            res = self.runner.run([nft, "-f", tx], ok_rc=range(256), what="applying the ruleset (nft -f)")
+            self._time("apply", since)
+            if res.rc != 0:
+                if self.rollback:
+                    self.rollbacks().confirm(self.rollback["key"])
+                    self.rollback = None
+                raise NftError(f"nft rejected {self.opts.label}; nothing was changed:\n{self._errors(res.err, {tx: 'transaction'})}")
+        if self.opts.persist and not self.deferred_files and after.files != before.files:
+            self.write_files(after.files, before.files)
+
+    # -------------------------------------------------------- rollback
+
+    def rollbacks(self) -> Rollbacks:
+        return Rollbacks(self.runner, self.opts.rollback_dir or ROLLBACK_DIR)
+
+    def rollback_key(self) -> str:
+        return "nft-" + hashlib.sha256("\n".join(sorted(self.opts.tables)).encode()).hexdigest()[:16]
+
+    def restore_script(self, before: NftState) -> str:
+        lines = ["# written by kubenode.dataplane.nft_ruleset: the owned tables as they were before the change"]
+        for table in self.opts.tables:
+            lines += [f"table {table}", f"delete table {table}"]
+            if before.raw.get(table):
+                lines.append(before.raw[table].rstrip("\n"))
+        return "\n".join(lines) + "\n"
+
+    def arm_rollback(self, before: NftState) -> None:
+        nft = self._nft()
+        restore = self.restore_script(before)
+        # a rollback that cannot load is worse than none: check it before relying on it
+        path = self._write("restore.nft", restore)
+        res = self.runner.run([nft, "-c", "-f", path], ok_rc=range(256), what="dry run of the rollback")
+        if res.rc != 0:
+            raise NftError(
+                "the current owned tables could not be saved for a rollback, so the change was not made:\n"
+                + self._errors(res.err, {path: "rollback"})
+            )
+        self.rollback = self.rollbacks().arm(
+            self.rollback_key(),
+            subject=[f"table {tb}" for tb in self.opts.tables],
+            restore_text=restore,
+            restore_argv=[nft, "-f"],
+            timeout=int(self.opts.confirm_timeout or 0),
+        )
+
+    # -------------------------------------------------------- files
+
+    def write_files(self, files: t.Dict[str, t.Optional[str]], current: t.Dict[str, t.Optional[str]]) -> None:
+        reload_units = False
+        for path, content in files.items():
+            if path == SERVICE_KEY or current.get(path) == content:
+                continue
+            if content is None:
+                if os.path.exists(path):
+                    os.unlink(path)
+                self.written.append(path)
+                continue
+            directory = os.path.dirname(path)
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kubenode-")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(content)
+            os.chmod(tmp, 0o644)
+            self.module.atomic_move(tmp, path)
+            self.written.append(path)
+            if path == DROPIN:
+                reload_units = True
+        if self.opts.persist_service:
+            systemctl = self.runner.which("systemctl")
+            if reload_units and os.path.isdir("/run/systemd/system"):
+                self.runner.run([systemctl, "daemon-reload"], what="reloading systemd's units")
+            if files.get(SERVICE_KEY) != current.get(SERVICE_KEY):
+                self.runner.run([systemctl, "enable", SERVICE], what="enabling nftables.service")
+                self.written.append(SERVICE_KEY)
+
+    # -------------------------------------------------------- result
+
+    def result(self, before: NftState, after: NftState, changed: bool) -> t.Dict[str, t.Any]:
+        out: t.Dict[str, t.Any] = {
+            "tables": list(self.opts.tables),
+            "canonical_source": self.canonical_source,
+            "timings": dict(self.timings),
+            "rollback": None,
+            "persisted": sorted(self.written),
+            "persist_deferred": self.deferred_files,
+        }
+        if self.rollback:
+            out["rollback"] = {
+                "deadline": self.rollback["deadline"],
+                "timeout": self.rollback["timeout"],
+                "mechanism": self.rollback["mechanism"],
+                "unit": self.rollback["unit"],
+                "pid": self.rollback["pid"],
+            }
+        elif self.opts.confirm_timeout and changed and self.module.check_mode:
+            out["rollback"] = {"deadline": None, "timeout": self.opts.confirm_timeout, "mechanism": "would be armed",
+                               "unit": None, "pid": None}
+        return out
+
+
+def confirm(module: t.Any, runner: Runner, opts: Options) -> t.Dict[str, t.Any]:
+    """Cancel the pending rollback of the owned tables, and persist them when asked to."""
+    backend = NftBackend(module, runner, opts)
+    rollbacks = backend.rollbacks()
+    wanted = {f"table {tb}" for tb in opts.tables}
+    matches = [r for r in rollbacks.records() if wanted & set(r.get("subject", []))]
+    confirmed = []
+    for record in matches:
+        if module.check_mode:
+            if rollbacks.pending(record["key"]):
+                confirmed.append(record)
+            continue
+        done = rollbacks.confirm(record["key"])  # raises RolledBack when too late
+        if done:
+            confirmed.append(done)
+    result: t.Dict[str, t.Any] = {
+        "changed": bool(confirmed),
+        "tables": list(opts.tables),
+        "confirmed": [{"subject": r["subject"], "armed_at": r["armed_at"], "deadline": r["deadline"]} for r in confirmed],
+        "persisted": [],
+    }
+    if opts.persist:
+        before = backend.current()
+        if any(before.tables[tb] is None for tb in opts.tables):
+            absent = [tb for tb in opts.tables if before.tables[tb] is None]
+            raise ScriptError(f"cannot persist {', '.join(absent)}: not in the kernel; nothing was changed")
+        after = NftState(dict(before.tables), backend.desired_files(before.tables, before.files))
+        if after.files != before.files:
+            result["changed"] = True
+            backend.check_files(after.files, before.files)
+            if not module.check_mode:
+                backend.write_files(after.files, before.files)
+            result["persisted"] = sorted(p for p in after.files if after.files[p] != before.files.get(p))
+            if module._diff:
+                result["diff"] = {"before": backend.render(NftState({}, before.files)), "after": backend.render(NftState({}, after.files))}
+    return result
+
+
+def options_from_params(params: t.Dict[str, t.Any]) -> Options:
+    """Module parameters -> Options: the script to load and the tables it may touch."""
+    if params.get("src"):
+        raise ScriptError("src is templated by the nft_ruleset action plugin on the controller; call the module by its name "
+                          "kubenode.dataplane.nft_ruleset; nothing was changed")
+    label = "content"
+    script = params.get("content")
+    if params.get("ruleset") is not None:
+        # the controller validated it against the schema; render it the same way here
+        script = _nft_schema.render(params["ruleset"])
+        label = "ruleset (rendered)"
+    given = [parse_table(tb) for tb in params.get("tables") or []]
+    if len(set(given)) != len(given):
+        raise ScriptError("tables lists a table twice; nothing was changed")
+    state = params.get("state") or "present"
+    if state == "absent" and script is not None:
+        raise ScriptError("state: absent takes only tables (the tables to delete), not content or ruleset; nothing was changed")
+    if params.get("confirm_timeout") is not None and params["confirm_timeout"] < 1:
+        raise ScriptError("confirm_timeout must be a number of seconds of at least 1; nothing was changed")
+    tables = given
+    if script is not None:
+        named = tables_named(script, label)
+        if not given:
+            tables = named
+        else:
+            stray = [tb for tb in named if tb not in given]
+            if stray:
+                raise ScriptError(f"{label} names the table(s) {', '.join(stray)} which tables does not list; nothing was changed")
+        if not tables:
+            raise ScriptError(f"{label} defines no table; nothing was changed")
+    elif state == "present" and not params.get("confirm"):
+        raise ScriptError("one of content, src or ruleset is required with state: present; nothing was changed")
+    return Options(
+        tables=tables,
+        script=script,
+        state=state,
+        force=bool(params.get("force")),
+        persist=bool(params.get("persist")),
+        persist_dir=params.get("persist_dir") or "/etc/nftables.d",
+        persist_conf=params.get("persist_conf") or "/etc/nftables.conf",
+        persist_service=params.get("persist_service", True) is not False,
+        confirm_timeout=params.get("confirm_timeout"),
+        canonical_cache=params.get("canonical_cache", True) is not False,
+        label=label,
+    )
