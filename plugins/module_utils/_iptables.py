@@ -182,11 +182,19 @@ def jump_target(rule: str) -> t.Optional[str]:
 
 # ---------------------------------------------------------------- which backend
 
+def alternatives_dirs(altdir: t.Optional[str], admindir: t.Optional[str]) -> t.List[str]:
+    """update-alternatives options for a private alternatives system (tests, image builds); its log goes there too."""
+    out = ["--altdir", altdir] if altdir else []
+    if admindir:
+        out += ["--admindir", admindir, "--log", os.path.join(admindir, "alternatives.log")]
+    return out
+
+
 def alternatives(runner: Runner, name: str, altdir: t.Optional[str], admindir: t.Optional[str]) -> t.Optional[dict]:
     ua = runner.which("update-alternatives", required=False)
     if not ua:
         return None
-    argv = [ua] + (["--altdir", altdir] if altdir else []) + (["--admindir", admindir] if admindir else [])
+    argv = [ua] + alternatives_dirs(altdir, admindir)
     res = runner.run(argv + ["--query", name], ok_rc=(0, 1, 2), what=f"reading the {name} alternative")
     if res.rc != 0:
         return None
@@ -1091,7 +1099,7 @@ class Selection(Backend):
             self.moved += [f"{family} {table} {c}" for c in move.chains]
         if before["selected"] != after["selected"]:
             ua = self.runner.which("update-alternatives")
-            dirs = (["--altdir", self.altdir] if self.altdir else []) + (["--admindir", self.admindir] if self.admindir else [])
+            dirs = alternatives_dirs(self.altdir, self.admindir)
             for name in ("iptables", "ip6tables"):
                 alt = self.report["alternatives"].get(name)
                 if alt is None:
@@ -1110,6 +1118,10 @@ class Selection(Backend):
         return "\n".join(lines) + "\n"
 
     def result(self, before: t.Mapping[str, t.Any], after: t.Mapping[str, t.Any], changed: bool) -> t.Dict[str, t.Any]:
+        if self.report["mixed"] and not self.moved:
+            self.module.warn("both iptables backends hold rules on this host (" + "; ".join(
+                f"{b}: {_summary(self.report['backends'][b])}" for b in BACKENDS) + "); rules in the backend the "
+                "iptables command does not select keep filtering traffic that kube-proxy and the CNI do not see")
         res = dict(self.report)
         if self.want:
             res["selected"] = after["selected"]
