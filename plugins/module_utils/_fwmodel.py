@@ -108,6 +108,34 @@ def _check_cidr(value: str, where: str) -> None:
         raise ModelError(f"{where}: '{value}' is not an IP address or network") from None
 
 
+def value_problems(model: t.Mapping[str, t.Any], prefix: str = "$") -> t.List[str]:
+    """Checks a JSON Schema cannot express: addresses and port ranges. Paths start at ``prefix``."""
+    problems: t.List[str] = []
+
+    def cidr(value: t.Any, parts: t.List[t.Any]) -> None:
+        try:
+            _check_cidr(str(value), prefix + _path(parts)[1:])
+        except ModelError as exc:
+            problems.append(str(exc))
+
+    for key in ("cluster_cidrs", "ssh_sources"):
+        values = model.get(key)
+        for i, value in enumerate(values if isinstance(values, list) else []):
+            cidr(value, [key, i])
+    extras = model.get("extra_rules")
+    for i, rule in enumerate(extras if isinstance(extras, list) else []):
+        if not isinstance(rule, dict):
+            continue
+        for j, value in enumerate(rule.get("sources") or []):
+            cidr(value, ["extra_rules", i, "sources", j])
+        ports = str(rule.get("ports", ""))
+        nums = [int(p) for p in ports.split("-") if p.isdigit()]
+        if nums and (max(nums) > 65535 or min(nums) < 1 or nums != sorted(nums)):
+            problems.append(f"{prefix}{_path(['extra_rules', i, 'ports'])[1:]}: '{ports}' is not a port "
+                            "or an ascending range within 1-65535")
+    return problems
+
+
 def validate(model: t.Mapping[str, t.Any]) -> None:
     """Raise ModelError listing every problem at once, each with its JSON path."""
     problems: t.List[str] = []
@@ -117,24 +145,9 @@ def validate(model: t.Mapping[str, t.Any]) -> None:
         jsonschema = None
     if jsonschema is not None:
         validator = jsonschema.Draft202012Validator(SCHEMA)
-        for err in sorted(validator.iter_errors(dict(model)), key=lambda e: list(e.absolute_path)):
+        for err in sorted(validator.iter_errors(dict(model)), key=lambda e: [str(p) for p in e.absolute_path]):
             problems.append(f"{_path(err.absolute_path)}: {err.message}")
-    for key in ("cluster_cidrs", "ssh_sources"):
-        for i, value in enumerate(model.get(key) or []):
-            try:
-                _check_cidr(str(value), _path([key, i]))
-            except ModelError as exc:
-                problems.append(str(exc))
-    for i, rule in enumerate(model.get("extra_rules") or []):
-        for j, value in enumerate(rule.get("sources") or []):
-            try:
-                _check_cidr(str(value), _path(["extra_rules", i, "sources", j]))
-            except ModelError as exc:
-                problems.append(str(exc))
-        ports = str(rule.get("ports", ""))
-        nums = [int(p) for p in ports.split("-") if p.isdigit()]
-        if nums and (max(nums) > 65535 or min(nums) < 1 or nums != sorted(nums)):
-            problems.append(f"{_path(['extra_rules', i, 'ports'])}: '{ports}' is not a port or an ascending range within 1-65535")
+    problems += value_problems(model)
     if problems:
         raise ModelError("invalid node firewall: " + "; ".join(problems) + "; nothing was changed")
 
