@@ -611,8 +611,8 @@ class Ruleset(Backend):
                 self._write(family, table, text, origin, f"writing the {key} table")
             except IptablesError as err:
                 undone = self._revert(done, before, after)
-                raise IptablesError(f"{err}" + (f" (the {', '.join(undone)} tables written before it were "
-                                                  "put back as they were)" if undone else "")) from None
+                note = f" (the {', '.join(undone)} tables written before it were put back as they were)" if undone else ""
+                raise IptablesError(f"{err}{note}") from None
             done.append(key)
         old_files: t.Dict[str, t.Any] = {}
         if self.persist:
@@ -1173,8 +1173,8 @@ class _Move:
         return specs
 
     def _ruleset(self, tools: Tools, specs: t.List[t.Dict[str, t.Any]]) -> Ruleset:
-        return Ruleset(self.sel.module, self.sel.runner, {"chains": specs, "backend": tools.backend,
-                                                           "wait": self.sel.wait, "force": True})
+        params = {"chains": specs, "backend": tools.backend, "wait": self.sel.wait, "force": True}
+        return Ruleset(self.sel.module, self.sel.runner, params)
 
     def validate_move(self) -> None:
         rs = self._ruleset(self.dst, self._specs())

@@ -847,6 +847,8 @@ PORTS_SCHEMA: t.Dict[str, t.Any] = {
     ]
 }
 _KEYS = frozenset(RULE_SCHEMA["properties"])
+_TARGET_KEYS = ("reject_with", "log_prefix", "log_level", "to_destination", "to_source", "to_ports", "set_mark",
+                "target_options")
 
 
 def _neg(value: t.Any) -> t.Tuple[bool, str]:
@@ -916,8 +918,7 @@ def structured_words(rule: t.Mapping[str, t.Any], family: str, where: str = "rul
                 w += [opt, str(rule[key])]
         if rule.get("target_options"):
             w += split_words(str(rule["target_options"]))
-    elif any(rule.get(k) is not None for k in ("reject_with", "log_prefix", "log_level", "to_destination",
-                                                "to_source", "to_ports", "set_mark", "target_options")):
+    elif any(rule.get(k) is not None for k in _TARGET_KEYS):
         raise SpecError(f"{where}: target options need a jump")
     return w
 
@@ -963,3 +964,6 @@ def schema() -> t.Dict[str, t.Any]:
             "ports": PORTS_SCHEMA,
         },
     }
+
+
+SCHEMA = schema()

@@ -106,4 +106,3 @@ def test_role_opens_what_it_should_and_leaves_the_rest(backend, netns_pair, play
     # nothing was written: the owned chain's counters (non-zero after the probes) are still there
     assert chain_lines(save(h1, backend, counters=True), "KUBENODE-FIREWALL") == counted
     assert any(not ln.startswith("[0:0]") for ln in counted)
-

@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import ansible_run
-from tests.netns.iptables_lab import Listener, chain_lines, foreign_part, probe, save, seed_foreign, strip_counters, tool
+from tests.netns.iptables_lab import Listener, chain_lines, foreign_part, probe, save, seed_foreign, strip_counters
 
 pytestmark = pytest.mark.netns
 

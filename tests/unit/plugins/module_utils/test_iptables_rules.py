@@ -59,10 +59,10 @@ SHAPES = [
 def test_shape_cache_gives_what_the_full_normaliser_gives(shape):
     import random
     rnd = random.Random(shape)
-    for _ in range(50):
+    for _round in range(50):
         values = {
-            "a": ".".join(str(rnd.randrange(256)) for _ in range(4)),
-            "b": ".".join(str(rnd.randrange(256)) for _ in range(4)),
+            "a": ".".join(str(rnd.randrange(256)) for _octet in range(4)),
+            "b": ".".join(str(rnd.randrange(256)) for _octet in range(4)),
             "p": str(rnd.randrange(1, 30000)), "q": str(rnd.randrange(1, 30000)), "r": str(rnd.randrange(30000, 65536)),
         }
         spec = shape.format(**values)
