@@ -49,6 +49,13 @@ class Backend:
         """Module-specific return values."""
         return {}
 
+    def mismatch(self, actual: t.Any, wanted: t.Any) -> str:
+        """The message of the error raised when the state read back differs from the one applied."""
+        return (
+            "the state read back after the change differs from the one applied; "
+            f"wanted:\n{self.render(wanted)}\nfound:\n{self.render(actual)}"
+        )
+
 
 def converge(backend: Backend, check_mode: bool, diff: bool) -> t.Dict[str, t.Any]:
     before = backend.current()
@@ -60,10 +67,7 @@ def converge(backend: Backend, check_mode: bool, diff: bool) -> t.Dict[str, t.An
             backend.apply(before, after)
             actual = backend.current()
             if not backend.equal(actual, after):
-                raise VerifyError(
-                    "the state read back after the change differs from the one applied; "
-                    f"wanted:\n{backend.render(after)}\nfound:\n{backend.render(actual)}"
-                )
+                raise VerifyError(backend.mismatch(actual, after))
     result: t.Dict[str, t.Any] = {"changed": changed}
     result.update(backend.result(before, after, changed))
     if diff:

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "build" / "collections"))
 SCHEMAS = [
     ("_node_spec", "SCHEMA", "node.schema.json"),
     ("_fwmodel", "SCHEMA", "firewall.schema.json"),
+    ("_iptables_rules", "SCHEMA", "iptables_ruleset.schema.json"),
 ]
 KINDS = {"modules": "module", "connection": "connection", "filter": "filter", "lookup": "lookup", "inventory": "inventory"}
 

@@ -1,0 +1,1193 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kubenode.dataplane contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The iptables backend of the collection.
+
+- reads tables with ``iptables-save -t TABLE`` of the chosen backend (legacy tables that do not
+  exist are not read, because reading one creates it);
+- compares the owned chains and the jump rules into them as the canonical text iptables-save
+  prints (see _iptables_rules.normalise), so equal means nothing is written;
+- writes one ``iptables-restore --noflush`` transaction per table that touches only the owned
+  chains and the jump rules into them, after ``iptables-restore --test`` of the same input;
+- picks the backend (where the node's rules live, as kubernetes-sigs/iptables-wrappers does),
+  persists owned chains as a small systemd unit per chain, and arms a commit-confirmed rollback.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import typing as t
+
+from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend
+from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables_rules import (
+    CHAIN_RE,
+    FAMILIES,
+    FOREIGN_PREFIXES,
+    TABLES,
+    SpecError,
+    normalise,
+    split_words,
+    structured_words,
+)
+from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import CommandError, DataplaneError, Runner
+
+BACKENDS = ("legacy", "nft")
+PROC_TABLES = {"ipv4": "/proc/net/ip_tables_names", "ipv6": "/proc/net/ip6_tables_names"}
+KUBELET_HINTS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+RUN_DIR = "/run/kubenode-dataplane"
+PERSIST_DIR = "/etc/kubenode-dataplane/iptables"
+UNIT_DIR = "/etc/systemd/system"
+WANTS = "multi-user.target.wants"
+
+
+class IptablesError(DataplaneError):
+    """An iptables problem, told in one sentence."""
+
+
+# ---------------------------------------------------------------- programs of a backend
+
+def _base(family: str) -> str:
+    return "iptables" if family == "ipv4" else "ip6tables"
+
+
+def variant_of(runner: Runner, path: str) -> t.Optional[str]:
+    """legacy or nft for an iptables program (a wrapper is asked with --version)."""
+    name = os.path.basename(os.path.realpath(path))
+    if "legacy" in name:
+        return "legacy"
+    if "nft" in name:
+        return "nft"
+    try:
+        out = runner.run([path, "--version"], what="asking iptables for its variant").out
+    except CommandError:
+        return None
+    if "nf_tables" in out:
+        return "nft"
+    # iptables before 1.8 says no variant and is legacy
+    return "legacy" if "iptables v" in out else None
+
+
+class Tools:
+    """Paths of iptables, iptables-save and iptables-restore (and the ip6tables ones) of one backend."""
+
+    def __init__(self, runner: Runner, backend: str, wait: int = 30) -> None:
+        self.runner = runner
+        self.backend = backend
+        self.wait = wait
+
+    def prog(self, family: str, suffix: str = "") -> str:
+        name = f"{_base(family)}-{self.backend}{suffix}"
+        path = self.runner.which(name, required=False)
+        if path:
+            return path
+        plain = self.runner.which(_base(family) + suffix, required=False)
+        if plain and variant_of(self.runner, self.runner.which(_base(family), required=False) or plain) == self.backend:
+            return plain
+        raise IptablesError(f"the {self.backend} iptables backend is not installed on this host ({name} is missing); "
+                            "nothing was changed")
+
+    def available(self) -> bool:
+        try:
+            self.prog("ipv4", "-save")
+        except IptablesError:
+            return False
+        return True
+
+    def restore_argv(self, family: str, test: bool = False) -> t.List[str]:
+        argv = [self.prog(family, "-restore"), "-w", str(self.wait), "--noflush"]
+        return argv + (["--test"] if test else [])
+
+
+def legacy_tables(family: str) -> t.Set[str]:
+    """The legacy tables that exist in this network namespace (reading a legacy table creates it)."""
+    try:
+        with open(PROC_TABLES[family], encoding="ascii") as f:
+            return {line.strip() for line in f if line.strip()}
+    except OSError:
+        return set()
+
+
+def read_table(tools: Tools, family: str, table: str) -> str:
+    if tools.backend == "legacy" and table not in legacy_tables(family):
+        return ""
+    return tools.runner.run([tools.prog(family, "-save"), "-t", table],
+                            what=f"reading the {family} {table} table").out
+
+
+def read_all(tools: Tools, family: str) -> str:
+    if tools.backend == "legacy" and not legacy_tables(family):
+        return ""
+    return tools.runner.run([tools.prog(family, "-save")], what=f"reading the {family} tables").out
+
+
+# ---------------------------------------------------------------- iptables-save output
+
+class Saved:
+    """One table as iptables-save printed it."""
+
+    __slots__ = ("policies", "declared", "rules", "counts")
+
+    def __init__(self) -> None:
+        self.policies: t.Dict[str, str] = {}
+        self.declared: t.List[str] = []  # user-defined chains
+        self.rules: t.Dict[str, t.List[str]] = {}  # chain -> rule text after "-A CHAIN "
+        self.counts: t.Dict[str, int] = {}
+
+
+def parse_save(text: str, keep: t.Optional[t.Collection[str]] = None) -> t.Dict[str, Saved]:
+    """Tables of an iptables-save output; rule texts are kept only for ``keep`` chains (all if None)."""
+    tables: t.Dict[str, Saved] = {}
+    cur: t.Optional[Saved] = None
+    for line in text.split("\n"):
+        if line.startswith("-A "):
+            sp = line.find(" ", 3)
+            chain = line[3:sp] if sp > 0 else line[3:]
+            if cur is None:
+                continue
+            if keep is None or chain in keep:
+                cur.rules.setdefault(chain, []).append(line[sp + 1:].rstrip() if sp > 0 else "")
+            cur.counts[chain] = cur.counts.get(chain, 0) + 1
+        elif line.startswith(":"):
+            if cur is None:
+                continue
+            name, _sp, rest = line[1:].partition(" ")
+            policy = rest.split(" ", 1)[0]
+            if policy == "-":
+                cur.declared.append(name)
+            else:
+                cur.policies[name] = policy
+        elif line.startswith("*"):
+            cur = tables.setdefault(line[1:].strip(), Saved())
+    return tables
+
+
+def jump_target(rule: str) -> t.Optional[str]:
+    """The chain a rule jumps or goes to, if it ends with ``-j CHAIN``/``-g CHAIN`` (no target options)."""
+    parts = rule.rsplit(" ", 2)
+    if len(parts) >= 2 and parts[-2] in ("-j", "-g"):
+        return parts[-1]
+    return None
+
+
+# ---------------------------------------------------------------- which backend
+
+def alternatives_dirs(altdir: t.Optional[str], admindir: t.Optional[str]) -> t.List[str]:
+    """update-alternatives options for a private alternatives system (tests, image builds); its log goes there too."""
+    out = ["--altdir", altdir] if altdir else []
+    if admindir:
+        out += ["--admindir", admindir, "--log", os.path.join(admindir, "alternatives.log")]
+    return out
+
+
+def alternatives(runner: Runner, name: str, altdir: t.Optional[str], admindir: t.Optional[str]) -> t.Optional[dict]:
+    ua = runner.which("update-alternatives", required=False)
+    if not ua:
+        return None
+    argv = [ua] + alternatives_dirs(altdir, admindir)
+    res = runner.run(argv + ["--query", name], ok_rc=(0, 1, 2), what=f"reading the {name} alternative")
+    if res.rc != 0:
+        return None
+    info: t.Dict[str, t.Any] = {"status": None, "value": None, "alternatives": []}
+    for line in res.out.splitlines():
+        key, _sep, val = line.partition(": ")
+        if key == "Status":
+            info["status"] = val.strip()
+        elif key == "Value":
+            info["value"] = val.strip() if val.strip() != "none" else None
+        elif key == "Alternative":
+            info["alternatives"].append(val.strip())
+    return info
+
+
+def selected(runner: Runner, altdir: t.Optional[str] = None,
+             admindir: t.Optional[str] = None) -> t.Tuple[t.Optional[str], t.Dict[str, t.Any]]:
+    """The backend the plain ``iptables`` command uses, and the alternatives behind it."""
+    alts = {name: alternatives(runner, name, altdir, admindir) for name in ("iptables", "ip6tables")}
+    value = (alts.get("iptables") or {}).get("value")
+    if value:
+        return variant_of(runner, value), alts
+    plain = runner.which("iptables", required=False)
+    return (variant_of(runner, plain) if plain else None), alts
+
+
+def has_hint(text: str) -> bool:
+    return any(f"\n:{h} " in "\n" + text for h in KUBELET_HINTS)
+
+
+def detect(runner: Runner, wait: int = 30) -> t.Tuple[str, str, bool]:
+    """(backend, reason, mixed): where the node's rules live.
+
+    Like kubernetes-sigs/iptables-wrappers: kubelet's KUBE-IPTABLES-HINT / KUBE-KUBELET-CANARY
+    chains in the mangle table decide; otherwise the backend that holds rules; otherwise the one
+    the iptables command selects.
+    """
+    nft, legacy = Tools(runner, "nft", wait), Tools(runner, "legacy", wait)
+    have = {b: tl.available() for b, tl in (("nft", nft), ("legacy", legacy))}
+    hints = {"nft": False, "legacy": False}
+    for family in FAMILIES:
+        if have["nft"]:
+            hints["nft"] = hints["nft"] or has_hint(read_table(nft, family, "mangle"))
+        if have["legacy"]:
+            hints["legacy"] = hints["legacy"] or has_hint(read_table(legacy, family, "mangle"))
+    if hints["nft"] != hints["legacy"]:
+        found = "nft" if hints["nft"] else "legacy"
+        return found, f"kubelet's KUBE-IPTABLES-HINT chain is in the {found} backend", False
+    holds = {"legacy": False, "nft": False}
+    if have["legacy"]:
+        holds["legacy"] = any(_has_rules(read_all(legacy, f)) for f in FAMILIES)
+    if have["nft"]:
+        holds["nft"] = _nft_has_tables(runner, nft)
+    sel, _alts = selected(runner)
+    sel = sel or ("nft" if have["nft"] else "legacy")
+    if holds["legacy"] != holds["nft"]:
+        found = "legacy" if holds["legacy"] else "nft"
+        return found, f"the node's rules are in the {found} backend", False
+    if holds["legacy"]:
+        return sel, f"both backends hold rules; using {sel}, the one the iptables command selects", True
+    return sel, f"no rules yet; using {sel}, the one the iptables command selects", False
+
+
+def _has_rules(text: str) -> bool:
+    for saved in parse_save(text, keep=()).values():
+        if saved.counts or saved.declared or any(p != "ACCEPT" for p in saved.policies.values()):
+            return True
+    return False
+
+
+def _nft_has_tables(runner: Runner, nft: Tools) -> bool:
+    """Whether iptables-nft tables exist, without dumping their rules when nft can list tables."""
+    nft_bin = runner.which("nft", required=False)
+    if nft_bin:
+        try:
+            out = runner.run([nft_bin, "list", "tables"], what="listing nftables tables").out
+        except CommandError:
+            out = None
+        if out is not None:
+            return any(line.split()[1:2] in (["ip"], ["ip6"]) and line.split()[2:3] in (["filter"], ["nat"], ["mangle"],
+                                                                                        ["raw"], ["security"])
+                       for line in out.splitlines() if line.startswith("table "))
+    return any(_has_rules(read_all(nft, f)) for f in FAMILIES)
+
+
+def inventory(tools: Tools) -> t.Dict[str, t.Dict[str, t.Dict[str, t.Any]]]:
+    """{family: {table: {chains: [user chains], rules: n, policies: {chain: policy}}}} of one backend."""
+    out: t.Dict[str, t.Dict[str, t.Dict[str, t.Any]]] = {}
+    if not tools.available():
+        return out
+    for family in FAMILIES:
+        tables = parse_save(read_all(tools, family), keep=None)
+        fam = {}
+        for name, saved in tables.items():
+            fam[name] = {
+                "chains": list(saved.declared),
+                "rules": sum(saved.counts.values()),
+                "policies": {c: p for c, p in saved.policies.items() if p != "ACCEPT"},
+                "_saved": saved,
+            }
+        out[family] = fam
+    return out
+
+
+def holds_rules(inv: t.Dict[str, t.Dict[str, t.Dict[str, t.Any]]]) -> bool:
+    return any(tb["rules"] or tb["chains"] or tb["policies"] for fam in inv.values() for tb in fam.values())
+
+
+def public_inventory(inv: t.Dict[str, t.Dict[str, t.Dict[str, t.Any]]], nonempty: bool = False) -> dict:
+    out: t.Dict[str, t.Dict[str, t.Any]] = {}
+    for family, tables in inv.items():
+        for table, tb in tables.items():
+            if nonempty and not (tb["rules"] or tb["chains"] or tb["policies"]):
+                continue
+            out.setdefault(family, {})[table] = {k: v for k, v in tb.items() if not k.startswith("_")}
+    return out
+
+
+# ---------------------------------------------------------------- owned chains
+
+class ChainSpec:
+    """One owned chain as the module was asked for it (rules already in canonical text)."""
+
+    def __init__(self, index: int, params: t.Mapping[str, t.Any]) -> None:
+        self.index = index
+        self.where = f"$.chains[{index}]"
+        self.chain: str = params["chain"]
+        self.table: str = params.get("table") or "filter"
+        self.family: str = params.get("ip_version") or "ipv4"
+        self.state: str = params.get("state") or "present"
+        self.given: t.List[t.Any] = list(params.get("rules") or [])
+        jump_from = params.get("jump_from") or []
+        self.jump_from: t.List[str] = [jump_from] if isinstance(jump_from, str) else list(jump_from)
+        self.jump_position: int = int(params.get("jump_position") if params.get("jump_position") is not None else 1)
+        self.jump_spec: str = params.get("jump_spec") or ""
+        self.rules: t.List[str] = []
+        self.sources: t.List[int] = []  # index in ``given`` of each canonical rule
+        self.jump: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.family} {self.table}"
+
+    def check(self, force: bool) -> None:
+        w = self.where
+        if not CHAIN_RE.match(self.chain or ""):
+            raise IptablesError(f"{w}.chain: '{self.chain}' is not a chain name this module can own "
+                                "(1-28 letters, digits, '_', '.', '-'); nothing was changed")
+        if self.table not in TABLES:
+            raise IptablesError(f"{w}.table: '{self.table}' is not one of {', '.join(TABLES)}; nothing was changed")
+        if self.family not in FAMILIES:
+            raise IptablesError(f"{w}.ip_version: '{self.family}' is not ipv4 or ipv6; nothing was changed")
+        builtins = TABLES[self.table]
+        if self.chain in builtins or self.chain in ("ACCEPT", "DROP", "RETURN", "QUEUE", "REJECT", "LOG"):
+            raise IptablesError(f"{w}.chain: {self.chain} is a built-in chain or target and cannot be owned; "
+                                "rules go into a chain of your own that a built-in chain jumps to (jump_from); "
+                                "nothing was changed")
+        if not force and self.chain.startswith(FOREIGN_PREFIXES):
+            raise IptablesError(f"{w}.chain: {self.chain} looks like a chain of kube-proxy, a CNI, Docker or a host "
+                                "firewall, which this module does not rewrite unless force=true; nothing was changed")
+        for j, b in enumerate(self.jump_from):
+            if b not in builtins:
+                raise IptablesError(f"{w}.jump_from[{j}]: '{b}' is not a built-in chain of the {self.table} table "
+                                    f"({', '.join(builtins)}); nothing was changed")
+        if len(set(self.jump_from)) != len(self.jump_from):
+            raise IptablesError(f"{w}.jump_from: a chain is listed twice; nothing was changed")
+        if self.jump_position == 0:
+            raise IptablesError(f"{w}.jump_position: 0 is not a position (1 is the first rule, -1 the last); "
+                                "nothing was changed")
+
+    def compile(self, backend: str, current: t.Optional[t.List[str]]) -> None:
+        """Canonical text of every rule; a rule written exactly as the kernel prints it is taken as it is."""
+        rules: t.List[str] = []
+        sources: t.List[int] = []
+        cur = current or []
+        for j, item in enumerate(self.given):
+            where = f"{self.where}.rules[{j}]"
+            try:
+                if isinstance(item, str):
+                    pos = len(rules)
+                    if pos < len(cur) and cur[pos] == item and "\\" not in item:
+                        texts = [item]
+                    else:
+                        texts = normalise(item, self.family, backend)
+                elif isinstance(item, dict):
+                    texts = normalise(structured_words(item, self.family, where), self.family, backend)
+                else:
+                    raise SpecError(f"{where}: a rule is a string or a dictionary, not {type(item).__name__}")
+            except SpecError as exc:
+                msg = str(exc)
+                raise IptablesError(f"{msg if msg.startswith(where) else where + ': ' + msg}; nothing was changed") from None
+            for text in texts:
+                if not text:
+                    raise IptablesError(f"{where}: the rule is empty; nothing was changed")
+                rules.append(text)
+                sources.append(j)
+        self.rules, self.sources = rules, sources
+        try:
+            jumps = normalise(split_words(self.jump_spec) + ["-j", self.chain], self.family, backend)
+        except SpecError as exc:
+            raise IptablesError(f"{self.where}.jump_spec: {exc}; nothing was changed") from None
+        if len(jumps) != 1:
+            raise IptablesError(f"{self.where}.jump_spec: it must make one rule (one source and one destination "
+                                "address at most); nothing was changed")
+        self.jump = jumps[0]
+
+
+def place(items: t.List[t.Any], item: t.Any, position: int) -> None:
+    """Insert like ``iptables -I CHAIN position``, at the end when the chain is shorter; negative counts from the end."""
+    n = len(items)
+    idx = min(position - 1, n) if position > 0 else max(n + 1 + position, 0)
+    items.insert(idx, item)
+
+
+def restore_text(table: str, before: t.Mapping[str, t.Any], after: t.Mapping[str, t.Any],
+                 sources: t.Optional[t.Dict[str, t.List[str]]] = None) -> t.Tuple[str, t.List[str]]:
+    """iptables-restore --noflush input that turns the owned part of ``before`` into ``after``.
+
+    Returns the text and, for each line, what it came from (for error messages).
+    """
+    lines: t.List[str] = [f"*{table}"]
+    origin: t.List[str] = [""]
+    bchains, achains = before["chains"], after["chains"]
+    changed = [c for c in achains if achains[c] != bchains.get(c)]
+    for c in changed:
+        # declaring a chain creates it, or empties it when it exists
+        if achains[c] is not None or bchains.get(c) is not None:
+            lines.append(f":{c} - [0:0]")
+            origin.append(c)
+    moved = [b for b in after["jumps"] if after["jumps"][b] != before["jumps"].get(b, [])]
+    for b in moved:
+        for _idx, text in before["jumps"].get(b, []):
+            lines.append(f"-D {b} {text}")
+            origin.append(f"{b} jump")
+    for b in moved:
+        for idx, text in after["jumps"][b]:
+            lines.append(f"-I {b} {idx} {text}")
+            origin.append(f"{b} jump")
+    for c in changed:
+        rules = achains[c]
+        if rules is None:
+            continue
+        src = (sources or {}).get(c)
+        for k, r in enumerate(rules):
+            lines.append(f"-A {c} {r}")
+            origin.append(src[k] if src else c)
+    for c in changed:
+        if achains[c] is None and bchains.get(c) is not None:
+            lines.append(f"-X {c}")
+            origin.append(c)
+    lines.append("COMMIT")
+    origin.append("")
+    return "\n".join(lines) + "\n", origin
+
+
+_LINE_RE = re.compile(r"line:? (\d+)")
+
+
+def _restore_error(exc: CommandError, key: str, text: str, origin: t.List[str], test: bool) -> IptablesError:
+    detail = (exc.err or exc.out).strip()
+    m = _LINE_RE.search(detail)
+    where = ""
+    if m:
+        n = int(m.group(1))
+        lines = text.split("\n")
+        if 1 <= n <= len(lines):
+            src = origin[n - 1] if n - 1 < len(origin) else ""
+            where = f" at '{lines[n - 1]}'" + (f" ({src})" if src else "")
+    first = detail.splitlines()[0] if detail else f"exit status {exc.rc}"
+    step = "iptables-restore --test rejected" if test else "iptables-restore failed on"
+    return IptablesError(f"{step} the {key} table{where}: {first}; nothing was changed")
+
+
+# ---------------------------------------------------------------- the ruleset module's backend
+
+class Ruleset(Backend):
+    """Owned chains and the jump rules into them, per (IP version, table)."""
+
+    def __init__(self, module: t.Any, runner: Runner, params: t.Mapping[str, t.Any]) -> None:
+        self.module = module
+        self.runner = runner
+        self.params = params
+        self.wait = int(params.get("wait") or 30)
+        self.force = bool(params.get("force"))
+        self.persist = bool(params.get("persist"))
+        self.persist_dir = params.get("persist_dir") or PERSIST_DIR
+        self.unit_dir = params.get("unit_dir") or UNIT_DIR
+        self.confirm_timeout = int(params.get("confirm_timeout") or 0)
+        self.specs = [ChainSpec(i, c) for i, c in enumerate(params.get("chains") or [])]
+        seen: t.Set[t.Tuple[str, str, str]] = set()
+        for spec in self.specs:
+            spec.check(self.force)
+            ident = (spec.family, spec.table, spec.chain)
+            if ident in seen:
+                raise IptablesError(f"{spec.where}: the {spec.key} chain {spec.chain} is listed twice; nothing was changed")
+            seen.add(ident)
+        self.groups: t.Dict[str, t.List[ChainSpec]] = {}
+        for spec in self.specs:
+            self.groups.setdefault(spec.key, []).append(spec)
+        choice = params.get("backend") or "auto"
+        self.mixed = False
+        if choice == "auto":
+            choice, self.reason, self.mixed = detect(runner, self.wait)
+            if self.mixed and hasattr(module, "warn"):
+                module.warn(f"both iptables backends hold rules on this host; {self.reason}. Rules in the other "
+                            "backend keep filtering traffic that this one does not see: see "
+                            "kubenode.dataplane.iptables_backend")
+        else:
+            self.reason = "asked for"
+        self.tools = Tools(runner, choice, self.wait)
+        self.backend = choice
+        self.rollback: t.Optional[t.Dict[str, t.Any]] = None
+        self._before: t.Dict[str, t.Any] = {}
+
+    # -- read
+    def current(self) -> t.Dict[str, t.Any]:
+        state: t.Dict[str, t.Any] = {"tables": {}, "files": {}, "_meta": {}}
+        for key, specs in self.groups.items():
+            family, table = key.split(" ")
+            owned = {s.chain for s in specs}
+            builtins = TABLES[table]
+            saved = parse_save(read_table(self.tools, family, table), keep=owned | set(builtins)).get(table, Saved())
+            declared = set(saved.declared)
+            chains = {s.chain: (list(saved.rules.get(s.chain, [])) if s.chain in declared else None) for s in specs}
+            jumps: t.Dict[str, t.List[t.List[t.Any]]] = {}
+            others: t.Dict[str, int] = {}
+            for b in builtins:
+                rules = saved.rules.get(b, [])
+                ours = [[i + 1, r] for i, r in enumerate(rules) if jump_target(r) in owned]
+                jumps[b] = ours
+                others[b] = len(rules) - len(ours)
+            state["tables"][key] = {"chains": chains, "jumps": jumps}
+            state["_meta"][key] = {"others": others}
+        if self.persist:
+            state["files"] = self._read_files()
+        return state
+
+    # -- compute
+    def desired(self, before: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+        self._before = before
+        state: t.Dict[str, t.Any] = {"tables": {}, "files": {}, "_meta": before["_meta"]}
+        for key, specs in self.groups.items():
+            table = key.split(" ")[1]
+            bt = before["tables"][key]
+            chains: t.Dict[str, t.Optional[t.List[str]]] = {}
+            for s in specs:
+                s.compile(self.backend, bt["chains"].get(s.chain))
+                chains[s.chain] = None if s.state == "absent" else list(s.rules)
+            jumps = {}
+            for b in TABLES[table]:
+                items: t.List[t.Any] = [None] * before["_meta"][key]["others"][b]
+                for s in specs:
+                    if s.state == "present" and b in s.jump_from:
+                        place(items, s.jump, s.jump_position)
+                jumps[b] = [[i + 1, x] for i, x in enumerate(items) if x is not None]
+            state["tables"][key] = {"chains": chains, "jumps": jumps}
+        if self.persist:
+            state["files"] = self._wanted_files()
+        return state
+
+    def equal(self, actual: t.Any, wanted: t.Any) -> bool:
+        return actual["tables"] == wanted["tables"] and actual["files"] == wanted["files"]
+
+    def _changed_groups(self, before: t.Mapping[str, t.Any], after: t.Mapping[str, t.Any]) -> t.List[str]:
+        return [k for k in self.groups if before["tables"][k] != after["tables"][k]]
+
+    def _sources(self, key: str) -> t.Dict[str, t.List[str]]:
+        out = {}
+        for s in self.groups[key]:
+            out[s.chain] = [f"{s.where}.rules[{j}]" for j in s.sources]
+        return out
+
+    # -- dry run
+    def validate(self, after: t.Dict[str, t.Any]) -> None:
+        before = self._before
+        for key in self._changed_groups(before, after):
+            family, table = key.split(" ")
+            text, origin = restore_text(table, before["tables"][key], after["tables"][key], self._sources(key))
+            try:
+                self.runner.run(self.tools.restore_argv(family, test=True), data=text,
+                                what=f"testing the {key} table")
+            except CommandError as exc:
+                raise _restore_error(exc, key, text, origin, test=True) from None
+
+    # -- write
+    def _write(self, family: str, table: str, text: str, origin: t.List[str], what: str) -> None:
+        """One iptables-restore --noflush run.
+
+        The legacy kernel interface replaces a whole table at a time: iptables-restore keeps the
+        rules' counters but zeroes the policy counters of the built-in chains unless it is given
+        them, so they are read just before and handed back (-c); a packet counted in the
+        milliseconds between the two is the only thing that can get lost.
+        """
+        argv = self.tools.restore_argv(family)
+        if self.backend == "legacy":
+            saved = self.runner.run([self.tools.prog(family, "-save"), "-c", "-t", table],
+                                    what=f"reading the {family} {table} counters").out
+            policies = [ln for ln in saved.split("\n") if ln.startswith(":") and " - " not in ln]
+            head = f"*{table}\n"
+            text = text.replace(head, head + "".join(p + "\n" for p in policies), 1)
+            origin = origin[:1] + [""] * len(policies) + origin[1:]
+            argv.append("-c")
+        try:
+            self.runner.run(argv, data=text, what=what)
+        except CommandError as exc:
+            raise _restore_error(exc, f"{family} {table}", text, origin, test=False) from None
+
+    def apply(self, before: t.Dict[str, t.Any], after: t.Dict[str, t.Any]) -> None:
+        done: t.List[str] = []
+        for key in self._changed_groups(before, after):
+            family, table = key.split(" ")
+            text, origin = restore_text(table, before["tables"][key], after["tables"][key], self._sources(key))
+            try:
+                self._write(family, table, text, origin, f"writing the {key} table")
+            except IptablesError as err:
+                undone = self._revert(done, before, after)
+                note = f" (the {', '.join(undone)} tables written before it were put back as they were)" if undone else ""
+                raise IptablesError(f"{err}{note}") from None
+            done.append(key)
+        old_files: t.Dict[str, t.Any] = {}
+        if self.persist:
+            old_files = self._write_files(before["files"], after["files"])
+        if self.confirm_timeout and not self.module.check_mode:
+            self.rollback = self._arm_rollback(done, before, after, old_files)
+
+    def _revert(self, done: t.List[str], before: t.Mapping[str, t.Any], after: t.Mapping[str, t.Any]) -> t.List[str]:
+        undone = []
+        for key in reversed(done):
+            family, table = key.split(" ")
+            text, origin = restore_text(table, after["tables"][key], before["tables"][key])
+            try:
+                self._write(family, table, text, origin, f"putting the {key} table back")
+                undone.append(key)
+            except IptablesError:
+                pass
+        return undone
+
+    # -- show
+    def render(self, state: t.Mapping[str, t.Any]) -> str:
+        out: t.List[str] = []
+        for key, g in state["tables"].items():
+            lines = []
+            for c, rules in g["chains"].items():
+                if rules is None:
+                    continue
+                lines.append(f":{c}")
+                lines += [f"-A {c} {r}" for r in rules]
+            for b, ours in g["jumps"].items():
+                lines += [f"-I {b} {i} {text}" for i, text in ours]
+            if lines:
+                out.append(f"# {key} ({self.backend})")
+                out += lines
+        for path, content in sorted(state["files"].items()):
+            if content is None:
+                continue
+            digest = hashlib.sha256(json.dumps(content).encode()).hexdigest()[:12]
+            out.append(f"# persisted: {path} ({digest})")
+        return "\n".join(out) + ("\n" if out else "")
+
+    def mismatch(self, actual: t.Mapping[str, t.Any], wanted: t.Mapping[str, t.Any]) -> str:
+        for key in self.groups:
+            a, w = actual["tables"][key], wanted["tables"][key]
+            for s in self.groups[key]:
+                got, want = a["chains"].get(s.chain), w["chains"].get(s.chain)
+                if got == want:
+                    continue
+                if got is None or want is None:
+                    return f"the {key} chain {s.chain} is {'missing' if got is None else 'still there'} after the change"
+                for k in range(max(len(got), len(want))):
+                    g = got[k] if k < len(got) else "(nothing)"
+                    wt = want[k] if k < len(want) else "(nothing)"
+                    if g != wt:
+                        src = s.sources[k] if k < len(s.sources) else None
+                        given = f" written as '{s.given[src]}'" if src is not None and isinstance(s.given[src], str) else ""
+                        where = f"{s.where}.rules[{src}]" if src is not None else s.chain
+                        return (f"the rules were applied, but iptables-save prints {where}{given} as '{g}', not as "
+                                f"'{wt}'; write the rule the way iptables-save prints it so that the next run finds "
+                                "nothing to change")
+            for b in a["jumps"]:
+                if a["jumps"][b] != w["jumps"].get(b):
+                    return (f"the jump rules in the {key} chain {b} are {a['jumps'][b]} after the change, not "
+                            f"{w['jumps'].get(b)} (did another program change {b} at the same time?)")
+        return "the persisted files differ from the ones just written"
+
+    def result(self, before: t.Mapping[str, t.Any], after: t.Mapping[str, t.Any], changed: bool) -> t.Dict[str, t.Any]:
+        chains = []
+        for s in self.specs:
+            b = before["tables"][s.key]["chains"].get(s.chain)
+            a = after["tables"][s.key]["chains"].get(s.chain)
+            bj = {k: v for k, v in before["tables"][s.key]["jumps"].items() if any(x[1] == s.jump for x in v)}
+            aj = {k: v for k, v in after["tables"][s.key]["jumps"].items() if any(x[1] == s.jump for x in v)}
+            chains.append({"ip_version": s.family, "table": s.table, "chain": s.chain, "state": s.state,
+                           "rules": len(a or []), "changed": a != b or aj != bj})
+        res: t.Dict[str, t.Any] = {"backend": self.backend, "backend_reason": self.reason, "chains": chains,
+                                   "mixed_backends": self.mixed}
+        if self.persist:
+            res["persisted"] = sorted(p for p, c in after["files"].items() if c is not None)
+        if self.rollback:
+            res["rollback"] = self.rollback
+        return res
+
+    # -- persistence: one rules file and one unit per owned chain
+    def _paths(self, s: ChainSpec) -> t.Tuple[str, str, str]:
+        name = f"{s.family}-{s.table}-{s.chain}"
+        unit = f"kubenode-iptables-{name}.service"
+        return (os.path.join(self.persist_dir, f"{name}.rules"), os.path.join(self.unit_dir, unit),
+                os.path.join(self.unit_dir, WANTS, unit))
+
+    def _read_files(self) -> t.Dict[str, t.Any]:
+        out: t.Dict[str, t.Any] = {}
+        for s in self.specs:
+            rules, unit, link = self._paths(s)
+            for path in (rules, unit):
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        out[path] = f.read()
+                except FileNotFoundError:
+                    out[path] = None
+                except OSError as exc:
+                    raise IptablesError(f"cannot read {path}: {exc.strerror}; nothing was changed") from None
+            out[link] = {"link": os.readlink(link)} if os.path.islink(link) else None
+        return out
+
+    def _wanted_files(self) -> t.Dict[str, t.Any]:
+        out: t.Dict[str, t.Any] = {}
+        for s in self.specs:
+            rules, unit, link = self._paths(s)
+            if s.state == "absent":
+                out.update({rules: None, unit: None, link: None})
+                continue
+            out[rules] = self._rules_file(s)
+            out[unit] = self._unit_file(s, rules)
+            out[link] = {"link": unit}
+        return out
+
+    def _rules_file(self, s: ChainSpec) -> str:
+        lines = [f"# {s.chain} ({s.key}, {self.backend} backend), owned by kubenode.dataplane.iptables_ruleset.",
+                 "# Restored at boot with iptables-restore --noflush: only this chain and the jumps into it.",
+                 f"*{s.table}", f":{s.chain} - [0:0]"]
+        lines += [f"-A {s.chain} {r}" for r in s.rules]
+        for b in s.jump_from:
+            # at boot the built-in chains are (nearly) empty: first or last is where a position ends up
+            lines.append(f"-I {b} 1 {s.jump}" if s.jump_position > 0 else f"-A {b} {s.jump}")
+        lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+    def _unit_file(self, s: ChainSpec, rules: str) -> str:
+        ipt = self.tools.prog(s.family)
+        restore = self.tools.prog(s.family, "-restore")
+        pre = [f"ExecStartPre=-{_unit_argv([ipt, '-w', str(self.wait), '-t', s.table, '-D', b] + split_words(s.jump))}"
+               for b in s.jump_from]
+        return "\n".join([
+            "# Managed by kubenode.dataplane.iptables_ruleset: restores one owned chain, nothing else.",
+            "[Unit]",
+            f"Description=kubenode.dataplane iptables chain {s.chain} ({s.key}, {self.backend})",
+            "DefaultDependencies=no",
+            "Wants=network-pre.target",
+            "Before=network-pre.target shutdown.target",
+            "After=local-fs.target",
+            "Conflicts=shutdown.target",
+            "",
+            "[Service]",
+            "Type=oneshot",
+            "RemainAfterExit=yes",
+            # a restart must not add a second jump: remove the one a previous start inserted
+            *pre,
+            f"ExecStart={_unit_argv([restore, '-w', str(self.wait), '--noflush', rules])}",
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ])
+
+    def _write_files(self, old: t.Mapping[str, t.Any], new: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+        previous = {}
+        units_changed = False
+        for path, content in new.items():
+            if old.get(path) == content:
+                continue
+            previous[path] = old.get(path)
+            write_file(self.module, path, content)
+            units_changed = units_changed or path.endswith(".service")
+        if units_changed and self.unit_dir == UNIT_DIR and os.path.isdir("/run/systemd/system"):
+            systemctl = self.runner.which("systemctl", required=False)
+            if systemctl:
+                self.runner.run([systemctl, "daemon-reload"], what="reloading systemd units")
+        return previous
+
+    # -- commit-confirmed rollback
+    def _arm_rollback(self, done: t.List[str], before: t.Mapping[str, t.Any], after: t.Mapping[str, t.Any],
+                      old_files: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+        groups = []
+        for key in reversed(done):
+            family, table = key.split(" ")
+            text, _origin = restore_text(table, after["tables"][key], before["tables"][key])
+            groups.append({"argv": self.tools.restore_argv(family), "text": text})
+        token = secrets.token_hex(8)
+        return arm(token, self.confirm_timeout, groups, dict(old_files))
+
+
+# ---------------------------------------------------------------- one task at a time per network namespace
+
+class NetnsLock:
+    """Serialises this collection's iptables tasks within one network namespace.
+
+    iptables-restore -w waits for the xtables lock around each write, but two tasks that read the
+    same chains before either writes would both insert the jump rule; holding this lock from the
+    first read to the check after the write makes the second task see the first one's result.
+    """
+
+    def __init__(self, wait: int, run_dir: str = RUN_DIR) -> None:
+        self.wait = wait
+        try:
+            ident = os.stat("/proc/self/ns/net").st_ino
+        except OSError:
+            ident = 0
+        self.path = os.path.join(run_dir, f"iptables-{ident}.lock")
+        self.fd: t.Optional[int] = None
+
+    def __enter__(self) -> "NetnsLock":
+        import fcntl
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise IptablesError(f"another kubenode.dataplane iptables task in this network namespace held "
+                                        f"{self.path} for more than {self.wait} seconds; nothing was changed") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: t.Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# ---------------------------------------------------------------- files
+
+def write_file(module: t.Any, path: str, content: t.Any) -> None:
+    """Write (atomically), link or remove one file."""
+    if content is None:
+        if os.path.lexists(path):
+            os.unlink(path)
+        return
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    if isinstance(content, dict):
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}")
+        os.symlink(content["link"], tmp)
+        os.replace(tmp, path)
+        return
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(content)
+    os.chmod(tmp, 0o644)
+    if module is not None:
+        module.atomic_move(tmp, path)
+    else:
+        os.replace(tmp, path)
+
+
+def _unit_argv(argv: t.Sequence[str]) -> str:
+    """A command line for ExecStart=: systemd's own quoting, % and $ escaped."""
+    out = []
+    for a in argv:
+        a = a.replace("%", "%%").replace("$", "$$")
+        if a and not any(c in a for c in " \t\"'\\;"):
+            out.append(a)
+        else:
+            out.append('"' + a.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return " ".join(out)
+
+
+# ---------------------------------------------------------------- commit-confirmed rollback
+
+# Runs detached from the module (new session, no inherited pipes) so that it outlives the task
+# and the connection: after the deadline, unless the pending file was claimed by a confirmation,
+# it puts the previous owned chains and files back. Self-contained on purpose: the collection's
+# code is not on the node once the module has exited.
+WATCHER = r"""
+import json, os, subprocess, sys, time
+path = sys.argv[1]
+with open(path) as f:
+    doc = json.load(f)
+time.sleep(max(0.0, doc["deadline"] - time.time()))
+claim = path + ".rollback"
+try:
+    os.rename(path, claim)
+except OSError:
+    sys.exit(0)
+results = []
+env = dict(os.environ, LC_ALL="C")
+for g in doc["groups"]:
+    p = subprocess.run(g["argv"], input=g["text"].encode(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    results.append({"argv": g["argv"], "rc": p.returncode, "stderr": p.stderr.decode(errors="replace")})
+for fpath, content in doc["files"].items():
+    try:
+        if content is None:
+            if os.path.lexists(fpath):
+                os.unlink(fpath)
+        elif isinstance(content, dict):
+            tmp = fpath + ".kn-rollback"
+            os.symlink(content["link"], tmp)
+            os.replace(tmp, fpath)
+        else:
+            tmp = fpath + ".kn-rollback"
+            with open(tmp, "w") as f:
+                f.write(content)
+            os.replace(tmp, fpath)
+    except OSError as exc:
+        results.append({"file": fpath, "error": str(exc)})
+with open(path + ".done", "w") as f:
+    json.dump({"rolled_back_at": time.time(), "results": results}, f)
+os.unlink(claim)
+try:
+    os.unlink(path + ".pid")
+except OSError:
+    pass
+"""
+
+
+def pending_path(token: str, run_dir: str = RUN_DIR) -> str:
+    if not re.match(r"^[0-9a-f]{16}$", token or ""):
+        raise IptablesError(f"confirm: '{token}' is not a rollback token returned by this module; nothing was changed")
+    return os.path.join(run_dir, f"iptables-rollback-{token}.json")
+
+
+def arm(token: str, timeout: int, groups: t.List[t.Dict[str, t.Any]], files: t.Dict[str, t.Any],
+        run_dir: str = RUN_DIR) -> t.Dict[str, t.Any]:
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    path = pending_path(token, run_dir)
+    deadline = time.time() + timeout
+    doc = {"deadline": deadline, "groups": groups, "files": files}
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".pending.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+    # the one program not started through the Runner: it must outlive this module, so it gets no
+    # pipes to wait for and a session of its own
+    proc = subprocess.Popen([sys.executable, "-c", WATCHER, path], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+                            start_new_session=True, cwd="/")
+    with open(path + ".pid", "w", encoding="ascii") as f:
+        f.write(str(proc.pid))
+    return {"token": token, "timeout": timeout, "deadline": deadline, "pid": proc.pid, "confirmed": False}
+
+
+def confirm(token: str, run_dir: str = RUN_DIR) -> t.Dict[str, t.Any]:
+    """Cancel a pending rollback: the applied chains stay."""
+    path = pending_path(token, run_dir)
+    claim = path + ".confirmed"
+    try:
+        os.rename(path, claim)
+    except FileNotFoundError:
+        done = path + ".done"
+        if os.path.exists(done):
+            raise IptablesError(f"too late to confirm: the rollback {token} already ran and put the previous chains "
+                                "back") from None
+        raise IptablesError(f"there is no pending rollback {token} on this host; nothing was changed") from None
+    try:
+        with open(claim, encoding="utf-8") as f:
+            doc = json.load(f)
+    finally:
+        os.unlink(claim)
+    try:
+        with open(path + ".pid", encoding="ascii") as f:
+            stop_watcher(int(f.read().strip() or 0), token)
+        os.unlink(path + ".pid")
+    except (OSError, ValueError):
+        pass
+    return {"token": token, "confirmed": True, "deadline": doc.get("deadline")}
+
+
+def stop_watcher(pid: int, token: str) -> None:
+    """End a confirmed rollback's sleeping watcher, only if that pid really is it."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return
+    if f"iptables-rollback-{token}.json".encode() in cmdline:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------- the backend module's backend
+
+class Selection(Backend):
+    """Which backend the iptables command selects, and (migrate) where the collection's chains live."""
+
+    def __init__(self, module: t.Any, runner: Runner, params: t.Mapping[str, t.Any]) -> None:
+        self.module = module
+        self.runner = runner
+        self.want: t.Optional[str] = params.get("backend")
+        self.migrate = bool(params.get("migrate"))
+        self.patterns: t.List[str] = list(params.get("owned_chains") or ["KUBENODE-*"])
+        self.altdir = params.get("alternatives_altdir")
+        self.admindir = params.get("alternatives_admindir")
+        self.wait = int(params.get("wait") or 30)
+        self.tools = {b: Tools(runner, b, self.wait) for b in BACKENDS}
+        self.inv: t.Dict[str, t.Any] = {}
+        self.report: t.Dict[str, t.Any] = {}
+        self.moved: t.List[str] = []
+        self.left: t.Dict[str, t.Any] = {}
+        self._before_owned: t.Dict[str, t.List[t.Tuple[str, str, str]]] = {}
+
+    def _owned(self, inv: t.Mapping[str, t.Any]) -> t.List[t.Tuple[str, str, str]]:
+        out = []
+        for family, tables in inv.items():
+            for table, tb in tables.items():
+                for chain in tb["chains"]:
+                    if any(fnmatch.fnmatchcase(chain, p) for p in self.patterns):
+                        out.append((family, table, chain))
+        return out
+
+    def current(self) -> t.Dict[str, t.Any]:
+        sel, alts = selected(self.runner, self.altdir, self.admindir)
+        inv = {b: inventory(self.tools[b]) for b in BACKENDS}
+        self.inv = inv
+        hints = {b: any(any(h in tb["chains"] for h in KUBELET_HINTS) for fam in inv[b].values()
+                        for tb in fam.values()) for b in BACKENDS}
+        holds = {b: holds_rules(inv[b]) for b in BACKENDS}
+        self.report = {
+            "selected": sel,
+            "alternatives": {k: v for k, v in alts.items() if v},
+            "kubelet_hint": [b for b in BACKENDS if hints[b]],
+            "rules_in": [b for b in BACKENDS if holds[b]],
+            "mixed": all(holds.values()),
+            "backends": {b: public_inventory(inv[b], nonempty=True) for b in BACKENDS},
+            "installed": [b for b in BACKENDS if self.tools[b].available()],
+        }
+        if len(self.report["kubelet_hint"]) == 1:
+            self.report["detected"] = self.report["kubelet_hint"][0]
+        elif len(self.report["rules_in"]) == 1:
+            self.report["detected"] = self.report["rules_in"][0]
+        else:
+            self.report["detected"] = sel
+        return {"selected": sel, "owned": {b: self._owned(inv[b]) for b in BACKENDS}}
+
+    def desired(self, before: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+        self._before_owned = before["owned"]
+        if not self.want:
+            return before
+        other = "legacy" if self.want == "nft" else "nft"
+        owned = {b: list(v) for b, v in before["owned"].items()}
+        if self.migrate:
+            owned[self.want] = sorted(set(owned[self.want]) | set(owned[other]))
+            owned[other] = []
+        return {"selected": self.want, "owned": owned}
+
+    def validate(self, after: t.Dict[str, t.Any]) -> None:
+        other = "legacy" if self.want == "nft" else "nft"
+        if self.want not in self.report["installed"]:
+            raise IptablesError(f"the {self.want} iptables backend is not installed on this host; nothing was changed")
+        switching = self.report["selected"] != self.want
+        if switching and other in self.report["rules_in"] and not self.migrate:
+            raise IptablesError(
+                f"refusing to switch the iptables command from {other} to {self.want}: the {other} backend still holds "
+                f"rules ({_summary(self.report['backends'][other])}), which kube-proxy and the CNI would no longer see "
+                "and which would keep filtering traffic; set migrate=true to move the collection's own chains "
+                f"({', '.join(self.patterns)}) and switch anyway, or clean the {other} backend first; nothing was changed")
+        if switching and self.runner.which("update-alternatives", required=False) is None:
+            raise IptablesError("this host has no update-alternatives (Debian/Ubuntu) to select the iptables backend "
+                                "with; nothing was changed")
+        if switching:
+            for name in ("iptables", "ip6tables"):
+                alt = self.report["alternatives"].get(name)
+                if alt is None and name == "ip6tables":
+                    continue
+                if alt is None or not _alternative_for(alt, self.want):
+                    raise IptablesError(f"update-alternatives knows no {name}-{self.want} alternative for {name}; "
+                                        "nothing was changed")
+        for family, table, _chain in self._moves(after):
+            self._migration(family, table).validate_move()
+
+    def _moves(self, after: t.Mapping[str, t.Any]) -> t.List[t.Tuple[str, str, str]]:
+        other = "legacy" if self.want == "nft" else "nft"
+        if not self.migrate:
+            return []
+        return [o for o in after["owned"][self.want] if o in self._before_owned.get(other, [])]
+
+    def _migration(self, family: str, table: str) -> "_Move":
+        other = "legacy" if self.want == "nft" else "nft"
+        chains = [c for f, tb, c in self._before_owned[other] if f == family and tb == table]
+        return _Move(self, family, table, chains, self.tools[other], self.tools[self.want])
+
+    def apply(self, before: t.Dict[str, t.Any], after: t.Dict[str, t.Any]) -> None:
+        done = set()
+        for family, table, _chain in self._moves(after):
+            if (family, table) in done:
+                continue
+            done.add((family, table))
+            move = self._migration(family, table)
+            move.run()
+            self.moved += [f"{family} {table} {c}" for c in move.chains]
+        if before["selected"] != after["selected"]:
+            ua = self.runner.which("update-alternatives")
+            dirs = alternatives_dirs(self.altdir, self.admindir)
+            for name in ("iptables", "ip6tables"):
+                alt = self.report["alternatives"].get(name)
+                if alt is None:
+                    continue
+                self.runner.run([ua] + dirs + ["--set", name, _alternative_for(alt, self.want)],
+                                what=f"selecting the {self.want} backend for {name}")
+        other = "legacy" if self.want == "nft" else "nft"
+        if self.moved:
+            self.left = public_inventory(inventory(self.tools[other]), nonempty=True)
+
+    def render(self, state: t.Mapping[str, t.Any]) -> str:
+        lines = [f"iptables command: {state['selected']}"]
+        for b in BACKENDS:
+            for family, table, chain in state["owned"][b]:
+                lines.append(f"{b}: {family} {table} {chain}")
+        return "\n".join(lines) + "\n"
+
+    def result(self, before: t.Mapping[str, t.Any], after: t.Mapping[str, t.Any], changed: bool) -> t.Dict[str, t.Any]:
+        if self.report["mixed"] and not self.moved:
+            self.module.warn("both iptables backends hold rules on this host (" + "; ".join(
+                f"{b}: {_summary(self.report['backends'][b])}" for b in BACKENDS) + "); rules in the backend the "
+                "iptables command does not select keep filtering traffic that kube-proxy and the CNI do not see")
+        res = dict(self.report)
+        if self.want:
+            res["selected"] = after["selected"]
+        other = "legacy" if self.want == "nft" else "nft"
+        res["migrated"] = self.moved if not self.module.check_mode else [
+            f"{f} {tb} {c}" for f, tb, c in self._moves(after)]
+        if self.migrate and self.want:
+            res["left_behind"] = self.left if self.moved else public_inventory(self.inv.get(other, {}), nonempty=True)
+        return res
+
+
+def _summary(inv: t.Mapping[str, t.Any]) -> str:
+    parts = []
+    for family, tables in inv.items():
+        for table, tb in tables.items():
+            parts.append(f"{family} {table}: {tb['rules']} rules, {len(tb['chains'])} chains")
+    return "; ".join(parts) or "none"
+
+
+def _alternative_for(alt: t.Mapping[str, t.Any], backend: str) -> t.Optional[str]:
+    for path in alt.get("alternatives", []):
+        if os.path.basename(path).endswith(f"-{backend}"):
+            return path
+    return None
+
+
+class _Move:
+    """Move owned chains (and their jumps) of one table from one backend to the other."""
+
+    def __init__(self, sel: Selection, family: str, table: str, chains: t.List[str], src: Tools, dst: Tools) -> None:
+        self.sel, self.family, self.table, self.chains, self.src, self.dst = sel, family, table, chains, src, dst
+
+    def _specs(self) -> t.List[t.Dict[str, t.Any]]:
+        saved = self.sel.inv[self.src.backend][self.family][self.table]["_saved"]
+        specs = []
+        for chain in self.chains:
+            jump_from, position, jump_spec = [], 1, ""
+            for b in TABLES[self.table]:
+                for i, rule in enumerate(saved.rules.get(b, [])):
+                    if jump_target(rule) == chain:
+                        if not jump_from:
+                            position = i + 1
+                            jump_spec = rule.rsplit(" ", 2)[0] if rule.count(" ") >= 2 else ""
+                        jump_from.append(b)
+                        break
+            specs.append({"chain": chain, "table": self.table, "ip_version": self.family,
+                          "rules": list(saved.rules.get(chain, [])), "jump_from": jump_from,
+                          "jump_position": position, "jump_spec": jump_spec, "state": "present"})
+        return specs
+
+    def _ruleset(self, tools: Tools, specs: t.List[t.Dict[str, t.Any]]) -> Ruleset:
+        params = {"chains": specs, "backend": tools.backend, "wait": self.sel.wait, "force": True}
+        return Ruleset(self.sel.module, self.sel.runner, params)
+
+    def validate_move(self) -> None:
+        rs = self._ruleset(self.dst, self._specs())
+        before = rs.current()
+        rs._before = before
+        after = rs.desired(before)
+        if not rs.equal(before, after):
+            rs.validate(after)
+
+    def run(self) -> None:
+        from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import converge
+        specs = self._specs()
+        converge(self._ruleset(self.dst, specs), False, False)
+        for s in specs:
+            s["state"] = "absent"
+        converge(self._ruleset(self.src, specs), False, False)

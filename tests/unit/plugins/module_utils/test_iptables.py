@@ -1,0 +1,79 @@
+"""The iptables_ruleset backend, driven by tests/unit/plugins/module_utils/iptables_ruleset.yml:
+the exact commands (argv lists) and the exact iptables-restore input, against captured output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_collections.kubenode.dataplane.plugins.module_utils import _iptables as ipt
+from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import converge
+from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import DataplaneError, Runner
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = HERE.parents[1] / "fixtures" / "iptables"
+CASES = yaml.safe_load((HERE / "iptables_ruleset.yml").read_text())
+DEFAULTS = {"backend": "auto", "wait": 30, "force": False, "persist": False, "confirm_timeout": 0}
+
+
+def table_of(text: str, table: str) -> str:
+    """One table of an iptables-save output, as `iptables-save -t TABLE` prints it."""
+    out, keep = [], False
+    for line in text.splitlines():
+        if line.startswith("*"):
+            keep = line == f"*{table}"
+        if keep:
+            out.append(line)
+        if keep and line == "COMMIT":
+            keep = False
+    return "\n".join(out) + "\n"
+
+
+class FakeModule:
+    """Answers run_command from the case's list, in order, and fails on any other command."""
+
+    def __init__(self, commands: list, check_mode: bool) -> None:
+        self.expected = list(commands)
+        self.check_mode = check_mode
+        self.seen: list = []
+        self.warnings: list = []
+
+    def get_bin_path(self, name, required=False, opt_dirs=None):
+        known = {f"{b}-{v}{s}" for b in ("iptables", "ip6tables") for v in ("nft", "legacy") for s in ("", "-save", "-restore")}
+        return f"/usr/sbin/{name}" if name in known or name == "iptables" else None
+
+    def run_command(self, argv, data=None, binary_data=False, environ_update=None, check_rc=False, expand_user_and_vars=True):
+        assert environ_update["LC_ALL"] == "C"
+        assert self.expected, f"unexpected command {argv}"
+        step = self.expected.pop(0)
+        assert argv == step["argv"]
+        assert (data or None) == step.get("stdin"), f"stdin of {argv}"
+        self.seen.append(argv)
+        out = step.get("out", "")
+        if "out_file" in step:
+            out = (FIXTURES / step["out_file"]).read_text()
+            if "out_table" in step:
+                out = table_of(out, step["out_table"])
+        return step.get("rc", 0), out, step.get("err", "")
+
+    def warn(self, msg):
+        self.warnings.append(msg)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_commands(case, monkeypatch):
+    monkeypatch.setattr(ipt, "legacy_tables", lambda family: set(case.get("legacy_tables", [])))
+    module = FakeModule(case["commands"], case.get("check_mode", False))
+    params = dict(DEFAULTS, **case["params"])
+    if "error" in case:
+        with pytest.raises(DataplaneError) as err:
+            converge(ipt.Ruleset(module, Runner(module), params), module.check_mode, True)
+        assert str(err.value) == case["error"]
+    else:
+        result = converge(ipt.Ruleset(module, Runner(module), params), module.check_mode, True)
+        assert result["changed"] is case["changed"]
+        for key, value in case.get("result", {}).items():
+            assert result[key] == value
+    assert module.expected == [], "commands that were expected but did not run"
