@@ -24,11 +24,11 @@ description:
   - Every input is validated before anything changes (addresses, ports, a scheduler the kernel can load,
     a forwarding method the address families allow); an error names the service at fault, and nothing changes.
     Should the kernel still refuse a request, the services in scope are put back as they were.
-  - When nothing differs, nothing is written: counters, connections and timers survive a run that reports no change.
+  - When nothing differs, nothing is written, so counters, connections and timers survive a run that reports no change.
   - With O(persist=true), the services the task owns are saved in C(ipvsadm-save) format under
     C(/etc/kubenode-dataplane/ipvs/) and restored at boot by the collection's unit C(kubenode-ipvs-restore@NAME.service),
     which never restores kube-proxy's services.
-  - In check mode nothing is loaded: when C(ip_vs) is not loaded yet, the module reports that there are no services and
+  - In check mode nothing is loaded. When C(ip_vs) is not loaded yet, the module reports that there are no services and
     what it would add, without loading it (reading IPVS through netlink would load it).
 author:
   - kubenode.dataplane maintainers (@kubenode)
@@ -281,7 +281,7 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Balance the Kubernetes API servers on every node (node-local balancer on 127.0.0.1:6443 would need route_localnet; use a dummy VIP)
+- name: A node-local balancer in front of the Kubernetes API servers (virtual IP on a dummy interface), kept across reboots
   kubenode.dataplane.ipvs_services:
     services:
       - address: 169.254.20.10
@@ -446,7 +446,7 @@ persist_files:
   sample:
     - /etc/kubenode-dataplane/ipvs/default.rules
     - /etc/systemd/system/kubenode-ipvs-restore@.service
-    - /etc/systemd/system/multi-user.target.wants/kubenode-ipvs-restore@default.service
+    - /etc/systemd/system/sysinit.target.wants/kubenode-ipvs-restore@default.service
 """
 
 from ansible.module_utils.basic import AnsibleModule

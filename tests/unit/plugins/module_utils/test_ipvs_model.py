@@ -208,7 +208,7 @@ def test_persistence_files_hold_the_owned_services_in_ipvsadm_save_format(make_m
     after = be.desired(ipvs.State(services={}, timeouts=ipvs.DEFAULT_TIMEOUTS))
     rules = tmp_path / "etc/kubenode-dataplane/ipvs/apiserver.rules"
     unit = tmp_path / "etc/systemd/system/kubenode-ipvs-restore@.service"
-    link = tmp_path / "etc/systemd/system/multi-user.target.wants/kubenode-ipvs-restore@apiserver.service"
+    link = tmp_path / "etc/systemd/system/sysinit.target.wants/kubenode-ipvs-restore@apiserver.service"
     assert after.files[str(rules)] == (
         "-A -t 169.254.20.10:6443 -s rr\n"
         "-a -t 169.254.20.10:6443 -r 192.0.2.11:6443 -m -w 1\n"

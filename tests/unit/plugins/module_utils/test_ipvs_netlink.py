@@ -26,12 +26,12 @@ def captured() -> list:
     for entry in CAPTURE["servers"]:
         svc, stats = ipvs.decode_service(payload(entry["service"]))
         servers = [ipvs.decode_server(payload(raw), svc.family) for raw in entry["replies"]]
-        svc = ipvs.replace(svc, real_servers=tuple(sorted((rs for rs, _ in servers), key=ipvs.RealServer.sort_key)))
+        svc = ipvs.replace(svc, real_servers=tuple(sorted((pair[0] for pair in servers), key=ipvs.RealServer.sort_key)))
         out.append((svc, stats, dict((rs.key, counters) for rs, counters in servers)))
     return out
 
 
-SERVICES = [svc for svc, _, _ in captured()]
+SERVICES = [entry[0] for entry in captured()]
 
 
 def ipvsadm_listing(name: str) -> dict:
