@@ -20,13 +20,14 @@ from tests.harness.vm import vm as vmharness
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _collection_link():
-    link = ROOT / "build" / "collections" / "ansible_collections" / "kubenode" / "dataplane"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.is_symlink():
-        link.symlink_to(ROOT)
-    return link
+# unit tests import the collection as ansible_collections.kubenode.dataplane (see pytest.ini)
+_LINK = ROOT / "build" / "collections" / "ansible_collections" / "kubenode" / "dataplane"
+_LINK.parent.mkdir(parents=True, exist_ok=True)
+if not _LINK.is_symlink():
+    _LINK.symlink_to(ROOT)
+    # the folder did not exist when Python cached its path finders
+    for entry in [p for p in sys.path_importer_cache if p.rstrip("/").endswith("build/collections")]:
+        del sys.path_importer_cache[entry]
 
 
 def _lab(tmp_path_factory, count: int):
