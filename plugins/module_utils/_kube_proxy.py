@@ -19,6 +19,7 @@ import ipaddress
 import os
 import re
 import tempfile
+import time
 import typing as t
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ except ImportError:  # pragma: no cover - the module reports missing_required_li
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _schema
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _yamledit
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend
+from ansible_collections.kubenode.dataplane.plugins.module_utils._kube_proxy_node import IPVS_DEPRECATION
 from ansible_collections.kubenode.dataplane.plugins.module_utils._kubeapi import Conflict, NotFound
 from ansible_collections.kubenode.dataplane.plugins.module_utils._kube_proxy_schema import (
     API_VERSION,
@@ -42,10 +44,6 @@ from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import 
 
 KUBEADM_GROUP = "kubeadm.k8s.io/"
 DEFAULT_METRICS_PORT = 10249
-IPVS_DEPRECATION = (
-    "kube-proxy's ipvs mode is deprecated since Kubernetes 1.35 (KEP-5495) and will be removed; "
-    "nftables mode (GA since 1.33, kernel >= 5.13, nft >= 1.0.1) is its successor"
-)
 
 # Module option (snake_case) -> field of the type (camelCase), per section.
 SECTION_FIELDS: t.Dict[str, t.Dict[str, str]] = {
@@ -619,3 +617,77 @@ class ConfigBackend(Backend):
         if effective_mode(new) == "ipvs":
             self.warn(IPVS_DEPRECATION)
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the DaemonSet: rolling restart and the wait for it, as `kubectl rollout restart/status` do
+
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+
+
+def rollout_progress(ds: dict) -> t.Tuple[bool, str]:
+    """(done, what is awaited), with the rules of kubectl's DaemonSet status viewer."""
+    meta, st = ds.get("metadata", {}), ds.get("status", {})
+    desired = int(st.get("desiredNumberScheduled") or 0)
+    updated = int(st.get("updatedNumberScheduled") or 0)
+    available = int(st.get("numberAvailable") or 0)
+    if int(st.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
+        return False, "the DaemonSet controller has not yet seen the new pod template"
+    if updated < desired:
+        return False, f"{updated} of {desired} pods updated"
+    if available < desired:
+        return False, f"{available} of {desired} updated pods available"
+    return True, f"{desired} of {desired} pods updated and available"
+
+
+def daemonset_status(ds: dict) -> dict:
+    st = ds.get("status", {})
+    annotations = ds.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}
+    return {
+        "generation": int(ds.get("metadata", {}).get("generation") or 0),
+        "observed_generation": int(st.get("observedGeneration") or 0),
+        "desired": int(st.get("desiredNumberScheduled") or 0),
+        "updated": int(st.get("updatedNumberScheduled") or 0),
+        "available": int(st.get("numberAvailable") or 0),
+        "restarted_at": annotations.get(RESTARTED_AT),
+    }
+
+
+def rollout(client: t.Any, namespace: str, name: str, *, restart: bool, wait: bool, timeout: float, interval: float,
+            check_mode: bool, clock: t.Any = None, stamp: t.Optional[str] = None) -> dict:
+    """Restart the DaemonSet's pods (rolling, by a pod-template annotation) and wait for the rollout."""
+    clock = clock or time
+    path = client.daemonset_path(namespace, name)
+    try:
+        ds = client.request("GET", path)
+    except NotFound:
+        raise DataplaneError(f"there is no DaemonSet {namespace}/{name} on the cluster; nothing was changed") from None
+    strategy = (ds.get("spec", {}).get("updateStrategy") or {}).get("type") or "RollingUpdate"
+    if restart and strategy != "RollingUpdate":
+        raise DataplaneError(f"the DaemonSet {namespace}/{name} uses the {strategy} update strategy, so a restart "
+                             "annotation would not replace its pods; delete the pods node by node instead. Nothing was changed")
+    result: dict = {"changed": False, "restarted": False}
+    if restart:
+        result["changed"] = True
+        if check_mode:
+            result.update(daemonset_status(ds))
+            return result
+        stamp = stamp or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
+        ds = client.request("PATCH", path, patch, content_type="application/strategic-merge-patch+json")
+        result["restarted"] = True
+    started = clock.monotonic()
+    done, what = rollout_progress(ds)
+    while wait and not done:
+        if clock.monotonic() - started >= timeout:
+            raise DataplaneError(
+                f"the rollout of the DaemonSet {namespace}/{name} did not finish within {timeout:g} s ({what}); "
+                "pods not yet replaced keep running their previous configuration")
+        clock.sleep(interval)
+        ds = client.request("GET", path)
+        done, what = rollout_progress(ds)
+    result.update(daemonset_status(ds))
+    result["rolled_out"] = done
+    result["progress"] = what
+    result["waited"] = round(clock.monotonic() - started, 1)
+    return result
