@@ -16,7 +16,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help deps apt venv collection demo test test-fast sanity units netns vm lint molecule \
-	hosts-up hosts-down vm-up vm-down vm-reboot build-collection bench clean
+	hosts-up hosts-down vm-up vm-down vm-reboot build-collection bench clean docs
 
 help:
 	@echo "make demo       set up the built-in real-kernel test node end to end and print its doctor report"
@@ -91,10 +91,13 @@ vm: deps
 	@mkdir -p $(RESULTS); $(PYTEST) -m vm tests/vm tests/integration --junitxml=$(RESULTS)/vm.xml || [ $$? -eq 5 ]
 
 lint: deps
-	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_lint.py --junitxml=$(RESULTS)/lint.xml || [ $$? -eq 5 ]
+	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_lint.py tests/meta/test_build.py tests/meta/test_docs.py --junitxml=$(RESULTS)/lint.xml || [ $$? -eq 5 ]
 
 molecule: deps
 	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_molecule.py --junitxml=$(RESULTS)/molecule.xml || [ $$? -eq 5 ]
+
+docs: deps
+	@$(BIN)/python tests/harness/gen_docs.py
 
 build-collection: deps
 	@mkdir -p $(BUILD)/dist; $(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/dist .
@@ -103,9 +106,16 @@ build-collection: deps
 demo: deps
 	@$(BIN)/python tests/harness/demo.py
 
-bench: deps
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -r tests/bench/requirements.txt
-	@$(BIN)/python tests/bench/run.py
+BENCH_VENV ?= $(CURDIR)/.venv-bench
+BENCH ?=
+bench: deps $(BENCH_VENV)/.installed
+	@$(BENCH_VENV)/bin/python tests/bench/run.py --only "$(BENCH)"
+
+# a separate environment: the peers' collections must not leak into the test environment
+$(BENCH_VENV)/.installed: tests/bench/requirements.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tests/bench/requirements.txt
+	@touch $@
 
 clean: hosts-down vm-down
 	rm -rf $(BUILD) tests/output

@@ -1,0 +1,20 @@
+"""Unit-test helpers: a real AnsibleModule built from given arguments."""
+
+from __future__ import annotations
+
+import pytest
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.testing import patch_module_args
+
+
+@pytest.fixture
+def make_module():
+    def make(args: dict | None = None, argument_spec: dict | None = None, check_mode: bool = False, diff: bool = False):
+        args = dict(args or {})
+        if check_mode:
+            args["_ansible_check_mode"] = True
+        if diff:
+            args["_ansible_diff"] = True
+        with patch_module_args(args):
+            return AnsibleModule(argument_spec=argument_spec or {}, supports_check_mode=True)
+    return make
