@@ -323,7 +323,7 @@ def _describe(doc: t.Any) -> str:
 
 def parse(text: str, where: str, untouched: str, allow_append: bool) -> Parsed:
     try:
-        docs = [d for d in yaml.safe_load_all(text)]
+        docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where} is not valid YAML ({str(exc).splitlines()[0]}); {untouched}") from None
     found = [i for i, d in enumerate(docs) if isinstance(d, dict) and d.get("kind") == KIND]
@@ -579,8 +579,9 @@ class ConfigBackend(Backend):
         return self._parse(self.source.read())
 
     def desired(self, before: State) -> State:
-        parsed = before.parsed
-        assert parsed is not None
+        parsed = self._parse(before).parsed
+        if parsed is None:  # pragma: no cover - _parse always sets it
+            raise ConfigError("internal error: the document was not parsed")
         text, merged = rewrite(parsed, self.extra)
         errors = check(merged)
         if errors:

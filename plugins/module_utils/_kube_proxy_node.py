@@ -213,25 +213,42 @@ class NodeFacts:
             if not save:
                 out[backend] = None
                 continue
-            text = self.runner.run([save], what=f"reading the iptables {backend} rules").out
+            if backend == "legacy" and not legacy_tables_exist(self.read_file):
+                # the kernel lists every legacy table it holds: none means no legacy rule, no need to run the tool
+                text = ""
+            else:
+                text = self.runner.run([save], what=f"reading the iptables {backend} rules").out
             tables = parse_save(text)
             out[backend] = {"rules": count_rules(tables), "kube_chains": chains_with(tables, "KUBE-"),
                             "calico_chains": chains_with(tables, "cali-"), "tables": sorted(tables)}
-        selected = None
-        iptables = self.runner.which("iptables", required=False)
-        if iptables:
-            version = self.runner.run([iptables, "--version"], what="reading the iptables version").out
-            selected = "nft" if "nf_tables" in version else "legacy" if "legacy" in version else None
-        out["selected"] = selected
-        in_use = [b for b in ("legacy", "nft") if out.get(b) and out[b]["rules"]]
-        out["in_use"] = in_use
+        out["selected"] = self.selected_backend()
+        out["in_use"] = [b for b in ("legacy", "nft") if out.get(b) and out[b]["rules"]]
         return out
 
+    def selected_backend(self) -> t.Optional[str]:
+        """The backend the `iptables` command runs, from where its alternatives link ends, else its --version."""
+        iptables = self.runner.which("iptables", required=False)
+        if not iptables:
+            return None
+        target = os.path.basename(os.path.realpath(iptables))
+        if "nft" in target:
+            return "nft"
+        if "legacy" in target:
+            return "legacy"
+        version = self.runner.run([iptables, "--version"], what="reading the iptables version").out
+        return "nft" if "nf_tables" in version else "legacy" if "legacy" in version else None
+
     def interfaces(self) -> t.List[str]:
-        ip = self.runner.which("ip", required=False)
-        if not ip:
+        try:
+            return sorted(os.listdir("/sys/class/net"))
+        except OSError:
             return []
-        return sorted(parse_ip_addr_json(self.runner.run([ip, "-j", "addr", "show"], what="listing interfaces").out))
+
+
+def legacy_tables_exist(read_file: t.Callable[[str], t.Optional[str]], family: str = "ipv4") -> bool:
+    """Whether the kernel holds any legacy (x_tables) table for the family: /proc/net/ip_tables_names lists them."""
+    names = read_file("/proc/net/ip_tables_names" if family == "ipv4" else "/proc/net/ip6_tables_names")
+    return bool(names and names.strip())
 
 
 def _read_file(path: str) -> t.Optional[str]:
@@ -360,7 +377,7 @@ class LeftoversBackend(Backend):
         for family in _FAMILIES:
             for backend in ("legacy", "nft"):
                 save = self._tool(family, backend, "save")
-                if not save:
+                if not save or (backend == "legacy" and not legacy_tables_exist(self.read_file, family)):
                     continue
                 tables = parse_save(self.runner.run([save], what=f"reading the {family} {backend} rules").out)
                 for table in tables.values():
@@ -474,8 +491,11 @@ def gather(facts: NodeFacts, *, mode: t.Optional[str], proxy_mode_url: t.Optiona
     parsed_kernel = parse_kernel_release(release)
     if nft_version:
         nft, nft_output = nft_version, None
-    else:
+    elif mode in (None, "nftables"):
         nft, nft_output = facts.nft_version()
+    else:
+        # not needed to judge iptables or ipvs mode: one program less to start
+        nft, nft_output = None, None
     interfaces = facts.interfaces()
     iptables = facts.iptables()
     out: dict = {

@@ -15,7 +15,7 @@ pointers, slices and maps to nil and leaves plain strings, booleans and numbers 
 is accepted there; metav1.Duration has its own decoder that rejects ``null``, so non-pointer
 durations must be strings.
 
-The same dictionary is published as docs/schemas/kube-proxy-config.v1alpha1.json for editors
+The same dictionary is published as docs/schemas/kube-proxy-config.v1alpha1.schema.json for editors
 (a unit test keeps the two equal).
 """
 
@@ -48,7 +48,7 @@ def _bool(description: str) -> dict:
 
 SCHEMA: dict = {
     "$schema": "http://json-schema.org/draft-07/schema#",
-    "$id": "https://github.com/kubenode/dataplane/docs/schemas/kube-proxy-config.v1alpha1.json",
+    "$id": "https://github.com/kubenode/dataplane/docs/schemas/kube-proxy-config.v1alpha1.schema.json",
     "title": "KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1)",
     "description": "kube-proxy's configuration file, as kubeadm writes it into the ConfigMap kube-system/kube-proxy "
                    "(key config.conf) or as a document of a kubeadm configuration file.",

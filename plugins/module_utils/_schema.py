@@ -137,4 +137,3 @@ def _same(a: t.Any, b: t.Any) -> bool:
 
 def validate(schema: dict, instance: t.Any) -> t.List[t.Tuple[str, str]]:
     return Validator(schema).errors(instance)
-

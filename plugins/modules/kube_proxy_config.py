@@ -17,7 +17,7 @@ description:
   - Merges the requested settings over it and keeps every other field. Only the lines of the values that change are
     rewritten; comments, quoting, key order and the other documents of the file stay byte for byte as they were.
   - Validates the whole result against a JSON Schema of the type written from the upstream Go types and kube-proxy's own
-    validation (shipped with the collection and published as C(docs/schemas/kube-proxy-config.v1alpha1.json)). Unknown
+    validation (shipped with the collection and published as C(docs/schemas/kube-proxy-config.v1alpha1.schema.json)). Unknown
     fields, wrong types and bad enumeration values are rejected with their JSON path, and nothing is written.
   - The requested settings are also checked on the controller before anything is sent to the host (with the
     C(jsonschema) package when the controller has it), through the action plugin of the same name.
@@ -363,7 +363,7 @@ def main() -> None:
                 context=dict(type="str"),
                 namespace=dict(type="str", default="kube-system"),
                 name=dict(type="str", default="kube-proxy"),
-                key=dict(type="str", default="config.conf"),
+                key=dict(type="str", default="config.conf", no_log=False),
                 conflict_retries=dict(type="int", default=5),
                 timeout=dict(type="int", default=30),
             ),

@@ -44,8 +44,8 @@ options:
     description: Check this nft version instead of the one installed, like O(kernel_release).
     type: str
 notes:
-  - Reading the legacy iptables rules does not load any kernel module (C(iptables-legacy-save) only lists the tables
-    that exist).
+  - The legacy iptables rules are read only when the kernel holds legacy tables (C(/proc/net/ip_tables_names)), so no
+    kernel module is loaded and no program started for a backend that is not in use.
 seealso:
   - module: kubenode.dataplane.kube_proxy_config
   - module: kubenode.dataplane.kube_proxy_leftovers
@@ -80,12 +80,14 @@ kernel_version:
   type: str
   sample: 6.1.0
 nft_version:
-  description: The nft version checked, or null when nft is not installed.
+  description:
+    - The nft version checked; null when nft is not installed, or when O(mode) is V(iptables) or V(ipvs), which do
+      not need it (one program less to start on the node).
   returned: always
   type: str
   sample: 1.0.6
 nft_version_output:
-  description: What C(nft --version) printed.
+  description: What C(nft --version) printed (null when it was not run).
   returned: always
   type: str
   sample: nftables v1.0.6 (Lester Gooch #5)

@@ -30,7 +30,7 @@ attributes:
   check_mode:
     support: full
     details:
-      - In check mode the DaemonSet is read and nothing is patched; RV(changed) says whether a restart would happen.
+      - In check mode the DaemonSet is read and nothing is patched; C(changed) says whether a restart would happen.
   diff_mode:
     support: none
   idempotent:

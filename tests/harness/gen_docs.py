@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "build" / "collections"))
 SCHEMAS = [
     ("_node_spec", "SCHEMA", "node.schema.json"),
     ("_fwmodel", "SCHEMA", "firewall.schema.json"),
+    ("_kube_proxy_schema", "SCHEMA", "kube-proxy-config.v1alpha1.schema.json"),
 ]
 KINDS = {"modules": "module", "connection": "connection", "filter": "filter", "lookup": "lookup", "inventory": "inventory"}
 

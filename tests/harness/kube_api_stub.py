@@ -428,6 +428,7 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, required=True, help="where the PKI and admin.conf are written")
     parser.add_argument("--nodes", default="node-1", help="comma-separated node names (their pods only log)")
     args = parser.parse_args()
+
     def pod(node: str) -> Callable[[str], None]:
         def start(text: str) -> None:
             mode = (yaml.safe_load(text) or {}).get("mode") or "iptables"

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """STAND-IN for kube-proxy in tests: it serves /proxyMode and nothing else.
 
 No kube-proxy binary can be obtained on the test machines, so the tests run this instead

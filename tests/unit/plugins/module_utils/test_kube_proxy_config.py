@@ -38,7 +38,7 @@ def kpc(text: str) -> dict:
 # ---- schema -----------------------------------------------------------------------------------
 
 def test_published_schema_is_the_shipped_one():
-    published = json.loads((ROOT / "docs" / "schemas" / "kube-proxy-config.v1alpha1.json").read_text())
+    published = json.loads((ROOT / "docs" / "schemas" / "kube-proxy-config.v1alpha1.schema.json").read_text())
     assert published == SCHEMA
 
 
@@ -47,7 +47,7 @@ def test_the_schema_is_a_valid_draft7_schema():
 
 
 @pytest.mark.parametrize("name", [
-    "kubeadm-1.32-configmap-config.conf", "kubeadm-1.32-init-with-proxy.yaml", "kubeadm-hand-written.yaml",
+    "kubeadm-1.32-configmap-config.conf", "kubeadm-1.32-init-with-proxy.conf", "kubeadm-hand-written.conf",
     "kube-proxy-systemd-config.yaml",
 ])
 def test_real_documents_are_valid_for_both_validators(name):
@@ -179,7 +179,7 @@ def test_configmap_switch_to_ipvs_changes_the_mode_line_and_nothing_else():
 
 def test_configmap_several_settings_each_change_only_their_line():
     parsed = kp.parse(CONFIGMAP, "cm", "untouched", allow_append=False)
-    text, _ = kp.rewrite(parsed, {
+    text, _merged = kp.rewrite(parsed, {
         "mode": "ipvs", "ipvs": {"strictARP": True, "excludeCIDRs": ["10.0.0.0/8"], "scheduler": "wrr"},
         "iptables": {"masqueradeBit": 14}, "conntrack": {"tcpEstablishedTimeout": "24h0m0s"},
     })
@@ -194,7 +194,7 @@ def test_configmap_several_settings_each_change_only_their_line():
 
 
 def test_hand_written_kubeadm_file_keeps_comments_quotes_and_other_documents():
-    original = fixture("kubeadm-hand-written.yaml")
+    original = fixture("kubeadm-hand-written.conf")
     parsed = kp.parse(original, "f", "untouched", allow_append=True)
     assert parsed.index == 2
     text, merged = kp.rewrite(parsed, {"mode": "ipvs", "ipvs": {"scheduler": "rr"}, "metricsBindAddress": "0.0.0.0:10249"})
@@ -222,7 +222,7 @@ def test_kubeadm_file_without_kube_proxy_document_gets_one_appended():
 
 def test_equal_settings_change_nothing():
     parsed = kp.parse(CONFIGMAP, "cm", "untouched", allow_append=False)
-    text, _ = kp.rewrite(parsed, {"mode": "", "ipvs": {"strictARP": False}, "iptables": {"masqueradeBit": None}})
+    text, _merged = kp.rewrite(parsed, {"mode": "", "ipvs": {"strictARP": False}, "iptables": {"masqueradeBit": None}})
     assert text == CONFIGMAP
 
 
@@ -326,13 +326,13 @@ class FakeModule:
 
 def test_file_source_writes_once_keeps_mode_and_backs_up(tmp_path):
     path = tmp_path / "kubeadm.yaml"
-    path.write_text(fixture("kubeadm-1.32-init-with-proxy.yaml"))
+    path.write_text(fixture("kubeadm-1.32-init-with-proxy.conf"))
     path.chmod(0o600)
     module = FakeModule()
     backend = kp.ConfigBackend(kp.FileSource(module, str(path), False, True), {"mode": "ipvs"}, lambda m: None)
     result = converge(backend, check_mode=False, diff=False)
     assert result["changed"] and result["document_index"] == 2 and result["backup_file"] == str(path) + ".bak"
-    assert diff_lines(fixture("kubeadm-1.32-init-with-proxy.yaml"), path.read_text()) == ['-mode: ""', "+mode: ipvs"]
+    assert diff_lines(fixture("kubeadm-1.32-init-with-proxy.conf"), path.read_text()) == ['-mode: ""', "+mode: ipvs"]
     stat = path.stat()
     again = converge(kp.ConfigBackend(kp.FileSource(module, str(path), False, True), {"mode": "ipvs"}, lambda m: None), False, False)
     assert again["changed"] is False and len(module.moves) == 1 and path.stat().st_mtime_ns == stat.st_mtime_ns
