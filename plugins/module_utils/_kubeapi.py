@@ -71,9 +71,12 @@ class Credentials:
 
 def _b64(text: str, what: str, path: str) -> str:
     try:
-        return base64.b64decode(text).decode("ascii")
+        decoded = base64.b64decode(str(text), validate=True).decode("ascii")
     except (ValueError, UnicodeDecodeError):
         raise KubeApiError(f"{path}: {what} is not valid base64 PEM data") from None
+    if "-----BEGIN" not in decoded:
+        raise KubeApiError(f"{path}: {what} is not valid base64 PEM data")
+    return decoded
 
 
 def _read(base: str, name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,42 @@ def test_playbook_stops_at_the_first_node_that_does_not_verify(cluster):
     verified = {r["host"] for r in run.results if r["task"] == f"{ROLE} : Wait until kube-proxy reports the wanted mode at /proxyMode"}
     assert verified == {"h1"}
     assert yaml.safe_load(stub.config_text())["mode"] == "nftables" and stub.restarts == 2
+
+
+def _save(host, backend: str) -> list[str]:
+    out = host.run([f"iptables-{backend}-save"]).stdout
+    return [re.sub(r" \[\d+:\d+\]$", "", line) for line in out.splitlines() if not line.startswith("#")]
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_leftovers_of_iptables_mode_after_the_ipvs_takeover(netns_pair, backend):
+    """The rules as kube-proxy writes them in iptables mode, then as its ipvs proxier rewrites its own
+    chains when it takes over (without the ipset matches: no ip_set in this kernel), next to Calico's."""
+    lab, inventory = netns_pair
+    host = lab.hosts[0]
+    restore = [f"iptables-{backend}-restore", "--noflush"]
+    host.run(restore, input=(FIXTURES / "kube-proxy-iptables-mode.rules").read_text())
+    takeover = "".join(line for line in (FIXTURES / "kube-proxy-ipvs-takeover.rules").read_text().splitlines(True)
+                       if "-m set" not in line)
+    host.run(restore, input=takeover)
+    host.run(restore, input=(FIXTURES / "calico-felix.rules").read_text())
+    before = _save(host, backend)
+    args = {"mode": "ipvs"}
+
+    play = [{"name": "leftovers", "hosts": "h1", "gather_facts": False, "tasks": [
+        {"name": "check", "kubenode.dataplane.kube_proxy_leftovers": args, "check_mode": True, "register": "r"},
+        {"name": "apply", "kubenode.dataplane.kube_proxy_leftovers": args, "register": "r"},
+        {"name": "again", "kubenode.dataplane.kube_proxy_leftovers": args, "register": "r"},
+    ]}]
+    run = ansible_run.playbook(play, inventory, diff=True)
+    assert run.rc == 0, run.explain()
+    assert run.task("check")["result"]["changed"] and run.task("check")["result"]["diff"]["after"] == ""
+    removed = run.task("apply")["result"]["removed"]
+    assert len(removed) == 9 and f"ipv4 {backend} nat: chain KUBE-SVC-NPX46M4PTMTKRN6Y" in removed
+    assert run.task("again")["result"]["changed"] is False
+    after = _save(host, backend)
+    stale = re.compile(r"KUBE-(SVC|SVL|SEP|FW|EXT|XLB)-")
+    # everything that is not a stale chain or a jump into one is byte-identical: ipvs mode's chains,
+    # the other KUBE-* chains, Calico's cali-* chains (counters are not compared: they are all zero here)
+    assert after == [line for line in before if not stale.search(line)]
+    assert any(line.startswith(":cali-") for line in after) and ":KUBE-NODE-PORT" in " ".join(after)
