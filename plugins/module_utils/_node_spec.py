@@ -23,10 +23,6 @@ BASE_SYSCTLS = {
     "net.bridge.bridge-nf-call-iptables": "1",
     "net.bridge.bridge-nf-call-ip6tables": "1",
 }
-IPVS_SYSCTLS = {
-    # kube-proxy sets this itself in ipvs mode; setting it up front makes a node ready before kube-proxy runs
-    "net.ipv4.vs.conntrack": "1",
-}
 
 _FIREWALL_PROPS = copy.deepcopy(_fwmodel.SCHEMA["properties"])
 _FIREWALL_PROPS["backend"] = {
@@ -145,11 +141,43 @@ def effective(spec: t.Optional[t.Mapping[str, t.Any]]) -> t.Dict[str, t.Any]:
     ipvs = eff["kube_proxy"]["mode"] == "ipvs"
     modules = BASE_MODULES + (IPVS_MODULES if ipvs else [])
     eff["kernel_modules"]["names"] = list(dict.fromkeys(modules + list(eff["kernel_modules"]["extra"])))
+    # the IPVS sysctls (net.ipv4.vs.*) are the ipvs role's, in its own file: one owner per key
     sysctls = dict(BASE_SYSCTLS)
-    if ipvs:
-        sysctls.update(IPVS_SYSCTLS)
     sysctls.update({k: str(int(v)) if isinstance(v, bool) else str(v) for k, v in eff["sysctls"].items()})
     eff["sysctls"] = sysctls
     fw = dict(eff["firewall"])
-    eff["firewall"] = {"backend": fw.pop("backend", "nftables"), "model": fw}
+    backend = fw.pop("backend", "nftables")
+    eff["firewall"] = {"backend": backend, "model": {**copy.deepcopy(_fwmodel.DEFAULTS), **fw}}
     return eff
+
+
+def verify(info: t.Mapping[str, t.Any], eff: t.Mapping[str, t.Any]) -> t.List[str]:
+    """What differs between a node's dataplane_info report and its effective spec, one sentence each."""
+    problems: t.List[str] = []
+    states = (info.get("modules") or {}).get("state") or {}
+    for name in eff["kernel_modules"]["names"]:
+        state = states.get(name, "not reported")
+        if state not in ("loaded", "builtin"):
+            problems.append(f"kernel module {name} is {state}")
+    live = info.get("sysctls") or {}
+    for key, value in eff["sysctls"].items():
+        got = live.get(key)
+        if got is None or " ".join(str(got).split()) != value:
+            problems.append(f"sysctl {key} is {got!r}, not {value!r}")
+    ipt = info.get("iptables") or {}
+    if ipt.get("mixed"):
+        problems.append("both iptables backends hold rules")
+    wanted_backend = eff["iptables_backend"]
+    if wanted_backend != "auto" and ipt.get("default_backend") not in (None, wanted_backend):
+        problems.append(f"the iptables command uses the {ipt.get('default_backend')} backend, not {wanted_backend}")
+    if eff["firewall"]["backend"] == "nftables":
+        tables = (info.get("nftables") or {}).get("tables") or []
+        if not any(tb.get("family") == "inet" and tb.get("name") == _fwmodel.NFT_TABLE for tb in tables):
+            problems.append(f"the nftables table inet {_fwmodel.NFT_TABLE} is missing")
+    kp = eff["kube_proxy"]
+    report = info.get("kube_proxy") or {}
+    if kp["target"] == "file" and report.get("configured_mode") != kp["mode"]:
+        problems.append(f"kube-proxy's config file sets mode {report.get('configured_mode')!r}, not {kp['mode']!r}")
+    if kp["target"] == "cluster" and report.get("running") and report.get("mode") != kp["mode"]:
+        problems.append(f"kube-proxy runs in {report.get('mode')!r} mode, not {kp['mode']!r}")
+    return problems
