@@ -15,8 +15,6 @@ import difflib
 import re
 import shlex
 import subprocess
-from pathlib import Path
-
 import pytest
 import yaml
 

@@ -185,4 +185,3 @@ def test_rollout_check_mode_and_on_delete():
     with pytest.raises(kp.DataplaneError, match="uses the OnDelete update strategy"):
         kp.rollout(FakeDaemonSet([], "OnDelete"), "kube-system", "kube-proxy", restart=True, wait=True, timeout=5,
                    interval=1, check_mode=False, clock=Clock())
-
