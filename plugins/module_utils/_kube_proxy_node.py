@@ -278,13 +278,10 @@ def preflight(mode: str, facts: dict, min_kernel: t.Tuple[int, ...] = NFTABLES_M
     problems: t.List[str] = []
     warnings: t.List[str] = []
     tools = facts["tools"]
-    if mode in ("iptables", "ipvs"):
-        ipt = facts["iptables"]
-        if not tools.get("iptables"):
-            problems.append("the iptables program is not installed")
-        if len(ipt.get("in_use", [])) > 1:
-            problems.append(f"rules live in both iptables backends (legacy: {ipt['legacy']['rules']} rules, nft: "
-                            f"{ipt['nft']['rules']} rules); kube-proxy and the CNI must share one backend")
+    # whether the rules live in one iptables backend only is kubenode.dataplane.iptables_backend's verdict
+    # (the kube_proxy role runs it next to this); ``iptables.in_use`` reports the counts seen here
+    if mode in ("iptables", "ipvs") and not tools.get("iptables"):
+        problems.append("the iptables program is not installed")
     if mode == "ipvs":
         if not facts["ipvs"]["available"]:
             problems.append(f"the kernel {facts['kernel_release']} has no IP_VS (neither built in nor as a module)")

@@ -15,8 +15,9 @@ description:
     of the C(kubenode.dataplane.kube_proxy) role).
   - C(nftables) needs a kernel >= 5.13 and nft >= 1.0.1. C(ipvs) needs IP_VS in the kernel (loaded, built in, or as a
     module), and the ipset and conntrack programs; it is deprecated since Kubernetes 1.35 (KEP-5495), which the result
-    says as a warning. C(iptables) and C(ipvs) need rules in one iptables backend only (legacy or nft), since kube-proxy
-    and the CNI must share it.
+    says as a warning. C(iptables) and C(ipvs) need the iptables program; whether the node's rules live in one backend
+    only is M(kubenode.dataplane.iptables_backend)'s verdict (the C(kubenode.dataplane.kube_proxy) role runs both), while
+    RV(iptables) shows the counts per backend.
   - Asks kube-proxy which mode it runs, at O(proxy_mode_url) (its C(/proxyMode) on C(metricsBindAddress)), from the node
     itself and without any HTTP proxy.
   - Reports Calico's chains per iptables backend next to kube-proxy's, and its interfaces.
@@ -49,6 +50,7 @@ notes:
 seealso:
   - module: kubenode.dataplane.kube_proxy_config
   - module: kubenode.dataplane.kube_proxy_leftovers
+  - module: kubenode.dataplane.iptables_backend
 """
 
 EXAMPLES = r"""

@@ -112,6 +112,24 @@ def test_ipvs_on_nodes_without_ip_vs_stops_with_a_report_per_node(cluster):
     assert writes(stub) == before_writes and stub.restarts == 0
 
 
+def test_a_node_with_rules_in_both_iptables_backends_stops_the_run(cluster):
+    stub, lab, inventory, _pods = cluster
+    h2 = lab.hosts[1]
+    # a Docker-era legacy rule next to nft rules: the situation iptables_backend calls mixed
+    h2.run(["iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "2375", "-j", "ACCEPT"])
+    h2.run(["iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"])
+    try:
+        before_writes = writes(stub)
+        run = run_role(stub, inventory, "iptables")
+        assert run.rc != 0
+        msg = task(run, "Stop before any change unless every node passed the preflight")["result"]["msg"]
+        assert "cannot run on 1 node(s), so nothing was changed: h2: rules live in both iptables backends (legacy and nft)" in msg
+        assert writes(stub) == before_writes and stub.restarts == 0
+    finally:
+        h2.run(["iptables-legacy", "-F", "INPUT"])
+        h2.run(["iptables-nft", "-F", "INPUT"])
+
+
 def test_switch_to_nftables_check_mode_then_apply_then_nothing(cluster):
     stub, _lab, inventory, pods = cluster
     original = stub.config_text()

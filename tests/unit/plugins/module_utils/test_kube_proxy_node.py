@@ -94,8 +94,7 @@ def test_preflight_passes_on_the_vm_for_every_mode():
     ("ipvs", {"ipvs": {"available": False}}, "has no IP_VS"),
     ("ipvs", {"tools": {"ipset": None, "conntrack": "/usr/sbin/conntrack", "iptables": "/usr/sbin/iptables"}},
      "the ipset program is not installed"),
-    ("iptables", {"iptables": {"legacy": {"rules": 3}, "nft": {"rules": 40}, "in_use": ["legacy", "nft"]}},
-     "rules live in both iptables backends (legacy: 3 rules, nft: 40 rules)"),
+    ("iptables", {"tools": {"iptables": None}}, "the iptables program is not installed"),
 ])
 def test_preflight_names_what_stops_the_mode(mode, over, problem):
     verdict = node.preflight(mode, facts(**over))
