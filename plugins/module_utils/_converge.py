@@ -36,7 +36,9 @@ class Backend:
     def validate(self, after: t.Any) -> None:
         """Native dry run of ``after``; raises DataplaneError with the tool's message."""
 
-    def apply(self, before: t.Any, after: t.Any) -> None:
+    def apply(self, before: t.Any, after: t.Any) -> t.Any:
+        """Make ``after`` real. Returns None, or the state really applied when the backend had to
+        recompute it while applying (for example after an optimistic-concurrency conflict)."""
         raise NotImplementedError
 
     def render(self, state: t.Any) -> str:
@@ -64,7 +66,9 @@ def converge(backend: Backend, check_mode: bool, diff: bool) -> t.Dict[str, t.An
     if changed:
         backend.validate(after)
         if not check_mode:
-            backend.apply(before, after)
+            applied = backend.apply(before, after)
+            if applied is not None:
+                after = applied
             actual = backend.current()
             if not backend.equal(actual, after):
                 raise VerifyError(backend.mismatch(actual, after))

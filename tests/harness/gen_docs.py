@@ -24,6 +24,7 @@ SCHEMAS = [
     ("_node_spec", "SCHEMA", "node.schema.json"),
     ("_fwmodel", "SCHEMA", "firewall.schema.json"),
     ("_iptables_rules", "SCHEMA", "iptables_ruleset.schema.json"),
+    ("_kube_proxy_schema", "SCHEMA", "kube-proxy-config.v1alpha1.schema.json"),
 ]
 KINDS = {"modules": "module", "connection": "connection", "filter": "filter", "lookup": "lookup", "inventory": "inventory"}
 
