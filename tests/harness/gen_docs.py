@@ -25,6 +25,7 @@ SCHEMAS = [
     ("_fwmodel", "SCHEMA", "firewall.schema.json"),
     ("_iptables_rules", "SCHEMA", "iptables_ruleset.schema.json"),
     ("_kube_proxy_schema", "SCHEMA", "kube-proxy-config.v1alpha1.schema.json"),
+    ("_nft_schema", "SCHEMA", "nft_ruleset.schema.json"),
 ]
 KINDS = {"modules": "module", "connection": "connection", "filter": "filter", "lookup": "lookup", "inventory": "inventory"}
 
