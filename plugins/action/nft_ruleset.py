@@ -47,8 +47,8 @@ class ActionModule(ActionBase):
             try:
                 problems = _nft_schema.validate(args["ruleset"])
             except ImportError:
-                result.update(failed=True, msg="the ruleset option needs the jsonschema Python library on the controller "
-                                                "(pip install jsonschema); nothing was changed")
+                msg = "the ruleset option needs the jsonschema Python library on the controller (pip install jsonschema); nothing was changed"
+                result.update(failed=True, msg=msg)
                 return result
             if problems:
                 result.update(

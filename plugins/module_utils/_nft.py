@@ -492,7 +492,7 @@ def managed_conf(text: t.Optional[str], include_glob: str) -> str:
         kept.pop()
     out = list(kept)
     if flush_at is not None:
-        defined = [tb for tb in _defined_tables("\n".join(kept[flush_at:]))]
+        defined = list(_defined_tables("\n".join(kept[flush_at:])))
         block = [
             CONF_FLUSH_BEGIN,
             '# "flush ruleset" was here. It deleted every table each time this file was loaded (boot,',

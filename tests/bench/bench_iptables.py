@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: kubenode.dataplane.iptables_ruleset against raw iptables-restore/iptables-save and the
 peers users pick (ansible.builtin.iptables in a loop, community.general.iptables_state).
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of kubenode.dataplane.nft_ruleset against raw nft and the templated-role peer.
 
     /work/main/.venv-bench/bin/python tests/bench/bench_nft.py            # writes docs/performance/nft.md
@@ -69,8 +68,8 @@ class Netns:
     def argv(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name] + argv
 
-    def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(argv), capture_output=True, text=True, **kw)
+    def run(self, argv: list[str], check: bool = False, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(argv), capture_output=True, text=True, check=check, **kw)
 
     def drop_table(self) -> None:
         self.run(["nft", "delete", "table", "inet", "bench"])
@@ -202,6 +201,10 @@ def bench_size(n: int, runs: int, workdir: Path, with_playbooks: bool) -> dict:
     return out
 
 
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
 def fmt(x: float) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:.0f}"
 
@@ -233,7 +236,8 @@ def report(results: list[dict], args: argparse.Namespace, started: float) -> str
         "*warm* means the kernel's form of the script is in the module's cache (any later run of the same input); "
         "*cold* means a script never seen on this machine, whose kernel form is taken from a scratch namespace.",
         "",
-        "| N | raw `nft -f` | module apply (warm) | module apply (cold) | target apply <= 2x raw + 0.5 | raw `nft list table` | module no-op | target no-op <= 2x raw + 0.5 | module no-op without cache |",
+        "| N | raw `nft -f` | module apply (warm) | module apply (cold) | target apply <= 2x raw + 0.5 "
+        "| raw `nft list table` | module no-op | target no-op <= 2x raw + 0.5 | module no-op without cache |",
         "|---:|---:|---:|---:|:---|---:|---:|:---|---:|",
     ]
     for r in results:
@@ -242,16 +246,19 @@ def report(results: list[dict], args: argparse.Namespace, started: float) -> str
         ta, tn = 2 * ra["wall"] + 0.5, 2 * rl["wall"] + 0.5
         lines.append(
             f"| {r['n']:,} | {fmt(ra['wall'])} ({fmt(ra['cpu'])}) | {fmt(ma['wall'])} ({fmt(ma['cpu'])}) | {fmt(mc['wall'])} ({fmt(mc['cpu'])}) "
-            f"| {'met' if ma['wall'] <= ta else 'MISSED'} warm ({fmt(ma['wall'] / ra['wall'])}x), {'met' if mc['wall'] <= ta else 'MISSED'} cold ({fmt(mc['wall'] / ra['wall'])}x); limit {fmt(ta)} "
+            f"| {verdict(ma['wall'] <= ta)} warm ({fmt(ma['wall'] / ra['wall'])}x), "
+            f"{verdict(mc['wall'] <= ta)} cold ({fmt(mc['wall'] / ra['wall'])}x); limit {fmt(ta)} "
             f"| {fmt(rl['wall'])} ({fmt(rl['cpu'])}) | {fmt(mn['wall'])} ({fmt(mn['cpu'])}) "
-            f"| {'met' if mn['wall'] <= tn else 'MISSED'} ({fmt(mn['wall'] / rl['wall'])}x); limit {fmt(tn)} | {fmt(mnc['wall'])} ({fmt(mnc['cpu'])}) |"
+            f"| {verdict(mn['wall'] <= tn)} ({fmt(mn['wall'] / rl['wall'])}x); limit {fmt(tn)} | {fmt(mnc['wall'])} ({fmt(mnc['cpu'])}) |"
         )
     by_n = {r["n"]: r for r in results}
     if 10000 in by_n and 100000 in by_n:
         a, b = by_n[10000], by_n[100000]
-        lines += ["", "## Scaling, 100,000 rules against 10,000 (target <= 12x)", "", "| measure | 10k | 100k | ratio | target |", "|---|---:|---:|---:|:---|"]
+        lines += ["", "## Scaling, 100,000 rules against 10,000 (target <= 12x)", "",
+                  "| measure | 10k | 100k | ratio | target |", "|---|---:|---:|---:|:---|"]
         for key, label in (("raw_apply", "raw nft -f"), ("raw_list", "raw nft list table"), ("module_apply", "module apply (warm)"),
-                           ("module_apply_cold", "module apply (cold)"), ("module_noop", "module no-op"), ("module_noop_nocache", "module no-op without cache")):
+                           ("module_apply_cold", "module apply (cold)"), ("module_noop", "module no-op"),
+                           ("module_noop_nocache", "module no-op without cache")):
             ratio = b[key]["wall"] / a[key]["wall"]
             target = "" if key.startswith("raw") else ("met" if ratio <= 12 else "MISSED")
             lines.append(f"| {label} | {fmt(a[key]['wall'])} | {fmt(b[key]['wall'])} | {ratio:.1f}x | {target} |")
@@ -261,7 +268,8 @@ def report(results: list[dict], args: argparse.Namespace, started: float) -> str
         lines.append(f"| {r['n']:,} | {r['raw_apply']['rss']:.0f} | {r['raw_list']['rss']:.0f} | {r['module_apply']['rss']:.0f} "
                      f"| {r['module_noop']['rss']:.0f} | {r['module_noop_nocache']['rss']:.0f} |")
     lines += ["", "## Where the module's time goes (medians, seconds, from its `timings` return value)", "",
-              "| N | run | read (`nft list table`) | cache | scratch namespace | dry run (`nft -c`) | apply (`nft -f`) |", "|---:|---|---:|---:|---:|---:|---:|"]
+              "| N | run | read (`nft list table`) | cache | scratch namespace | dry run (`nft -c`) | apply (`nft -f`) |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
     for r in results:
         for kind, t in r["steps"].items():
             lines.append(f"| {r['n']:,} | {kind} | {t.get('read', 0):.2f} | {t.get('cache', 0):.2f} | {t.get('scratch', 0):.2f} "

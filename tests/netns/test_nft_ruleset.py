@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.stock_files import debian_nftables_conf
+
 pytestmark = pytest.mark.netns
 
 HERE = Path(__file__).resolve().parent
@@ -127,7 +129,7 @@ def test_role_worker_opens_10250_not_10251_and_leaves_foreign_tables_alone(netns
                      # h1 is outside the cluster's nodes: only what is open to anyone answers it
                      "nftables_cluster_cidrs": ["203.0.113.0/24"]},
         }]
-        (tmp_path / "nftables.conf").write_text((FIXTURES / "debian-nftables.conf").read_text())
+        (tmp_path / "nftables.conf").write_text(debian_nftables_conf())
         before = snapshot(h1)
         first = playbook(play, inv)
         assert first.rc == 0, first.explain()
@@ -147,7 +149,8 @@ def test_role_worker_opens_10250_not_10251_and_leaves_foreign_tables_alone(netns
         second = playbook(play, inv)
         assert second.rc == 0, second.explain()
         assert second.changed() == 0, second.stdout
-        assert second.task("kubenode.dataplane.nftables : Apply the node firewall (table inet kubenode_firewall)", "h1")["result"]["canonical_source"] == "cache"
+        apply_task = second.task("kubenode.dataplane.nftables : Apply the node firewall (table inet kubenode_firewall)", "h1")
+        assert apply_task["result"]["canonical_source"] == "cache"
         assert table(h1, "inet kubenode_firewall") == owned, "a no-op run rewrote the owned table"
         assert snapshot(h1) == before, "a foreign table changed"
 

@@ -35,7 +35,7 @@ def serve(ports: list[int]) -> None:
         for key, _ev in sel.select():
             sock = key.fileobj
             if key.data == "listen":
-                conn, _ = sock.accept()
+                conn, _peer = sock.accept()
                 sel.register(conn, selectors.EVENT_READ, "conn")
             else:
                 try:

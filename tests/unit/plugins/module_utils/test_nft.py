@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.stock_files import debian_nftables_conf
+
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft as nft
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft_schema as schema
 
@@ -119,7 +121,7 @@ def test_nft_errors_point_at_the_users_lines():
 
 
 def test_debian_stock_conf_stops_flushing_and_includes_the_owned_tables():
-    stock = fixture("debian-nftables.conf")
+    stock = debian_nftables_conf()
     assert "\nflush ruleset\n" in stock
     out = nft.managed_conf(stock, "/etc/nftables.d/kubenode-*.nft")
     assert not [ln for ln in out.splitlines() if ln.strip() == "flush ruleset"]
