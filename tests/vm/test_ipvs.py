@@ -118,7 +118,22 @@ def lab(vm):
         test ! -e /proc/net/ip_vs
         bash /root/kn-lab/lab.sh
     """)
-    return machine, inventory
+    yield machine, inventory
+    # the session's VM goes on to other tests: nothing of this lab may load ip_vs at their next reboot
+    sh(machine, """
+        for unit in $(systemctl list-unit-files --no-legend 'kubenode-ipvs-restore@*' | awk '{print $1}') \
+                    $(systemctl list-units --all --no-legend --plain 'kubenode-ipvs-restore@*' | awk '{print $1}'); do
+            systemctl disable --now "$unit" 2>/dev/null || true
+        done
+        rm -f /etc/kubenode-dataplane/ipvs/*.rules /etc/sysctl.d/91-kubenode-ipvs.conf
+        rm -f /etc/systemd/system/sysinit.target.wants/kubenode-ipvs-restore@*.service
+        systemctl daemon-reload
+        ipvsadm -C 2>/dev/null || true
+        for ns in kn-rs1 kn-rs2; do { ip netns pids $ns 2>/dev/null | xargs -r kill; } || true; ip netns del $ns 2>/dev/null || true; done
+        mods=$(awk '$1 ~ /^ip_vs_/ {print $1}' /proc/modules)
+        [ -z "$mods" ] || modprobe -r $mods || true
+        modprobe -r ip_vs || true
+    """, check=False)
 
 
 def test_check_mode_loads_nothing_then_the_role_applies_and_a_second_run_changes_nothing(lab, playbook):
