@@ -426,7 +426,11 @@ class Kernel:
         return os.path.exists(self.path("/proc/modules"))
 
     def loaded(self) -> t.Dict[str, Loaded]:
-        return parse_proc_modules(self._read("/proc/modules") or "")
+        # read once per converge step (see forget_loaded): a step asks for it a dozen times
+        return self._cached("loaded", lambda: parse_proc_modules(self._read("/proc/modules") or ""))
+
+    def forget_loaded(self) -> None:
+        self._cache.pop("loaded", None)
 
     def available(self) -> t.Dict[str, t.Tuple[str, ...]]:
         return self._cached("dep", lambda: parse_modules_dep(self._read(f"{self.modules_dir}/modules.dep") or ""))
@@ -684,6 +688,7 @@ class KmodBackend(Backend):
 
     # -- read ------------------------------------------------------------------------------
     def current(self) -> t.Dict[str, t.Any]:
+        self.kernel.forget_loaded()
         if not self.requests:
             self._prepare()
         loaded = self.kernel.loaded()
@@ -802,8 +807,10 @@ class KmodBackend(Backend):
         """The order apply() loads in: modules with parameters one by one, dependencies first, so
         that none is pulled in without its parameters; then the rest with one modprobe -a, in the
         order given (modprobe orders their dependencies itself)."""
-        deps = self.kernel.available()
         left = [n for n in dict.fromkeys(names) if self.by_name[n].params]
+        if not left:
+            return list(dict.fromkeys(names))
+        deps = self.kernel.available()
         order: t.List[str] = []
         while left:
             ready = [n for n in left if not any(d in left for d in deps.get(n, ()))] or left[:1]

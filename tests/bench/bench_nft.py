@@ -115,7 +115,8 @@ def playbook(inv: Path, play: list, workdir: Path) -> dict:
     path = workdir / f"play-{secrets.token_hex(4)}.yml"
     path.write_text(json.dumps(play))
     env = module_env()
-    env.update(ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env.update(ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               LC_ALL="C.UTF-8")  # ansible-playbook refuses a locale that is not UTF-8
     return measure([str(BIN / "ansible-playbook"), "-i", str(inv), str(path)], env=env)
 
 

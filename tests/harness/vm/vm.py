@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PACKAGES = (
     "systemd-sysv,udev,kmod,iproute2,ipvsadm,ipset,conntrack,iptables,nftables,openssh-server,"
-    "python3,python3-yaml,procps,curl"
+    "python3,python3-yaml,python3-apt,procps,curl"
 )
 PYROUTE2 = "0.9.7"
 BOOT_TIMEOUT = 240  # software emulation: 13-21 s is usual, a hung boot must not hang the suite
