@@ -71,7 +71,11 @@ def test_role_opens_what_it_should_and_leaves_the_rest(backend, netns_pair, play
     task = role_result(check)
     assert task["changed"] is True
     assert "-A KUBENODE-FIREWALL -s 198.18.0.0/24 -p tcp -m tcp --dport 10250 -m comment --comment kubelet -j ACCEPT" in task["diff"]["after"]
-    assert save(h1, backend, "ipv4", counters=True) == before["ipv4"], "check mode changed something"
+    # without counters: a late packet of the probes above (a final ACK under load) may still count in a
+    # built-in chain's policy; the foreign rule's own counters must be as they were
+    checked_v4 = save(h1, backend, "ipv4", counters=True)
+    assert strip_counters(checked_v4) == strip_counters(before["ipv4"]), "check mode changed something"
+    assert "[3:180] -A INPUT -p tcp -m tcp --dport 9999" in checked_v4, "check mode reset a foreign rule's counters"
     assert strip_counters(save(h1, backend, "ipv6")) == strip_counters(before["ipv6"]), "check mode changed something"
 
     first = playbook(_play(backend), inv)
@@ -81,9 +85,10 @@ def test_role_opens_what_it_should_and_leaves_the_rest(backend, netns_pair, play
     assert result["backend"] == backend, result["backend_reason"]
 
     after = {f: save(h1, backend, f, counters=True) for f in ("ipv4", "ipv6")}
-    # IPv4: byte-identical with counters (nothing else sends IPv4 here); IPv6: without counters, because
-    # neighbour discovery and MLD packets arrive by themselves and count in INPUT's foreign rules
-    assert foreign_part(after["ipv4"]) == foreign_part(before["ipv4"])
+    # rules byte-identical; counters: the foreign rule's kept (a late probe packet may still count in a
+    # policy, and IPv6 neighbour discovery and MLD packets arrive by themselves)
+    assert strip_counters(foreign_part(after["ipv4"])) == strip_counters(foreign_part(before["ipv4"]))
+    assert "[3:180] -A INPUT -p tcp -m tcp --dport 9999" in after["ipv4"], "the change reset a foreign rule's counters"
     assert strip_counters(foreign_part(after["ipv6"])) == strip_counters(foreign_part(before["ipv6"]))
     assert "added by hand" in foreign_part(after["ipv4"])
     # the jump is first in INPUT, the owned chain is there, in this backend only
