@@ -36,18 +36,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import ansible_run  # noqa: E402  pylint: disable=wrong-import-position
+from tests.harness.timed_playbook import NODE_TIMER, timed_playbook  # noqa: E402  pylint: disable=wrong-import-position
 from tests.harness.vm import vm as vmharness  # noqa: E402  pylint: disable=wrong-import-position
 
 REPORT = ROOT / "docs" / "performance" / "ipvs.md"
-TIMER = r"""
-import subprocess, sys, time
-started = time.perf_counter()
-proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-elapsed = time.perf_counter() - started
-sys.stderr.write(proc.stderr.decode(errors="replace")[-2000:])
-sys.stdout.write(f"{elapsed:.4f} {proc.returncode}\n")
-sys.stdout.write(proc.stdout.decode(errors="replace")[-400000:])
-"""
+TIMER = NODE_TIMER
 
 
 def log(msg: str) -> None:
@@ -118,24 +111,8 @@ class Node:
 
 
 def playbook(node: Node, tasks: list, extra_vars_file: str | None = None, keep: bool = False) -> tuple[float, ansible_run.Run]:
-    play = [{"name": "bench", "hosts": "all", "gather_facts": False, "tasks": tasks}]
     args = ["-e", f"@{extra_vars_file}"] if extra_vars_file else []
-    env_keep = {"ANSIBLE_KEEP_REMOTE_FILES": "1", "ANSIBLE_PIPELINING": "0"} if keep else {}
-    saved = {k: os.environ.get(k) for k in env_keep}
-    os.environ.update(env_keep)
-    try:
-        started = time.perf_counter()
-        run = ansible_run.playbook(play, node.inventory, args=args, timeout=7200)
-        elapsed = time.perf_counter() - started
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    if run.rc != 0:
-        raise RuntimeError(run.explain())
-    return elapsed, run
+    return timed_playbook(node.inventory, tasks, args=args, keep=keep, timeout=7200)
 
 
 def module_task() -> dict:
