@@ -31,6 +31,21 @@ def owned(machine) -> list[str]:
     return [ln for ln in out.splitlines() if "KUBENODE-FIREWALL" in ln and not ln.startswith(":")]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def leave_no_boot_state(vm):
+    """The session's VM goes on to other tests: the persisted chain (whose conntrack rule loads nf_conntrack
+    at boot) and its unit must not outlive this test."""
+    yield
+    machine, _inv = vm
+    # one string: the VM's login shell runs it
+    machine.ssh(f"systemctl disable --now {UNIT}; rm -f /etc/systemd/system/{UNIT} "
+                "/etc/kubenode-dataplane/iptables/*; systemctl daemon-reload; "
+                "iptables -D INPUT -j KUBENODE-FIREWALL; iptables -F KUBENODE-FIREWALL; iptables -X KUBENODE-FIREWALL; "
+                "iptables -t nat -F KUBE-SERVICES; iptables -t nat -D PREROUTING -m comment "
+                "--comment 'kubernetes service portals' -j KUBE-SERVICES; iptables -t nat -X KUBE-SERVICES; true",
+                check=False)
+
+
 def test_persisted_chain_survives_a_reboot_and_confirm_timeout_undoes_a_lockout(vm):
     machine, inv = vm
     seeded = ansible_run.playbook(play([
