@@ -165,7 +165,9 @@ def dataplane_report(info: t.Mapping[str, t.Any]) -> t.List[str]:
     lines.append(_line("MetalLB", ", ".join(metallb["evidence"]) if metallb.get("present") else "not seen"))
     lines.append(_line("kernel", _kernel(info["kernel"])))
     state = (info.get("modules") or {}).get("state") or {}
-    lines.append(_line("modules", ", ".join(f"{m} {state[m]}" for m in SHOWN_MODULES if m in state)))
+    at_boot = set((info.get("modules") or {}).get("at_boot") or [])
+    lines.append(_line("modules", ", ".join(f"{m} {state[m]}{' (at boot)' if m in at_boot else ''}"
+                                            for m in SHOWN_MODULES if m in state)))
     lines.append(_line("sysctls", _sysctls(info.get("sysctls") or {})))
     kube = info.get("kubernetes") or {}
     if kube.get("version"):

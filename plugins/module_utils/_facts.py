@@ -207,6 +207,20 @@ def parse_modules_dep(text: str) -> t.Set[str]:
     return {_module_name(line.split(":", 1)[0]) for line in text.splitlines() if ":" in line}
 
 
+# where systemd-modules-load (and Debian's /etc/modules) find the modules to load at boot
+MODULES_LOAD_DIRS = ("/etc/modules-load.d", "/run/modules-load.d", "/usr/local/lib/modules-load.d", "/usr/lib/modules-load.d")
+
+
+def parse_modules_load(text: str) -> t.Set[str]:
+    """Module names of a modules-load.d(5) file (or Debian's /etc/modules), '-' read as '_'."""
+    names = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")):
+            names.add(line.split()[0].replace("-", "_"))
+    return names
+
+
 def module_status(
     name: str,
     loaded: t.Optional[t.Mapping[str, str]],
@@ -555,10 +569,17 @@ class Gatherer:
             name: module_status(name, loaded, builtin, available, config, self.files.exists(f"/sys/module/{name}"))
             for name in MODULES
         }
+        at_boot: t.Set[str] = set()
+        for directory in MODULES_LOAD_DIRS:
+            for name in self.files.listdir(directory) or []:
+                if name.endswith(".conf"):
+                    at_boot |= parse_modules_load(self.files.read(f"{directory}/{name}") or "")
+        at_boot |= parse_modules_load(self.files.read("/etc/modules") or "")
         return {
             "loadable": supported,
             "loaded_total": len(loaded) if loaded is not None else 0,
             "state": state,
+            "at_boot": sorted(name for name in MODULES if name in at_boot),
         }
 
     def sysctls(self) -> t.Dict[str, t.Optional[str]]:

@@ -180,10 +180,18 @@ modules:
     state:
       description: Module name to V(loaded), V(builtin), V(available) (can be loaded), V(missing) or V(unknown).
       type: dict
+    at_boot:
+      description:
+        - The modules above that are loaded at every boot, because a file of C(/etc/modules-load.d),
+          C(/run/modules-load.d), C(/usr/local/lib/modules-load.d), C(/usr/lib/modules-load.d) or C(/etc/modules)
+          names them.
+      type: list
+      elements: str
   sample:
     loadable: true
     loaded_total: 42
     state: {ip_vs: loaded, ip_vs_rr: loaded, br_netfilter: available, overlay: available}
+    at_boot: [ip_vs, ip_vs_rr]
 sysctls:
   description:
     - Sysctl name to its value, V(null) when the sysctl does not exist on this kernel or in this network namespace.

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -65,7 +67,9 @@ def main() -> int:
             return 1
 
         step("doctor: what is really active on the node")
-        doctor = playbook("doctor.yml", inventory)
+        # the doctor reads the configured mode from the file the spec told kube-proxy to use
+        config_path = yaml.safe_load(SPEC.read_text())["node_spec"]["kube_proxy"]["config_path"]
+        doctor = playbook("doctor.yml", inventory, "-e", f"doctor_kube_proxy_config={config_path}")
         start = doctor.stdout.find("TASK [Report")
         print(doctor.stdout[start:doctor.stdout.find("PLAY RECAP")].strip() if start >= 0 else doctor.stdout[-4000:])
         if doctor.returncode != 0:

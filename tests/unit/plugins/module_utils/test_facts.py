@@ -322,3 +322,12 @@ def test_names_that_are_not_sysctls_are_refused(name):
 
 def test_sysctl_names_with_an_interface_containing_a_dot_pass():
     facts.check_sysctl_names(["net.ipv4.conf.eth0/100.rp_filter", "net.bridge.bridge-nf-call-iptables"])
+
+
+def test_modules_loaded_at_boot_from_real_modules_load_files():
+    here = Path(__file__).resolve().parents[2] / "fixtures" / "dataplane_info" / "modules-load"
+    ours = facts.parse_modules_load((here / "kubenode-dataplane.conf").read_text())
+    assert ours == {"br_netfilter", "ip_vs", "ip_vs_rr", "ip_vs_sh", "ip_vs_wrr", "nf_conntrack", "overlay"}
+    assert facts.parse_modules_load((here / "debian-modules.conf").read_text()) == set()
+    assert facts.parse_modules_load((here / "zz-other-tool.conf").read_text()) == {"loop"}
+    assert facts.parse_modules_load("ip-vs-rr  # dashes\n; a comment\n") == {"ip_vs_rr"}
