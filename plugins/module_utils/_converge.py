@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The converge loop every stateful module of the collection runs.
 
-read (current) -> compute (desired) -> compare -> dry run (validate) -> apply -> re-read and verify.
+read (current) -> compute (desired) -> compare -> dry run (validate) -> apply -> re-read and verify (verify).
 Nothing is written when the state is already as desired, so counters, connections and timers
 survive a no-op run. See docs/concepts.md and DESIGN.md.
 """
@@ -41,6 +41,13 @@ class Backend:
         recompute it while applying (for example after an optimistic-concurrency conflict)."""
         raise NotImplementedError
 
+    def verify(self, wanted: t.Any) -> None:
+        """Re-read after an apply; raise VerifyError when the state read back is not ``wanted``.
+        A backend may read less when the kernel can prove the outcome (nft's generation id)."""
+        actual = self.current()
+        if not self.equal(actual, wanted):
+            raise VerifyError(self.mismatch(actual, wanted))
+
     def render(self, state: t.Any) -> str:
         return str(state)
 
@@ -69,9 +76,7 @@ def converge(backend: Backend, check_mode: bool, diff: bool) -> t.Dict[str, t.An
             applied = backend.apply(before, after)
             if applied is not None:
                 after = applied
-            actual = backend.current()
-            if not backend.equal(actual, after):
-                raise VerifyError(backend.mismatch(actual, after))
+            backend.verify(after)
     result: t.Dict[str, t.Any] = {"changed": changed}
     result.update(backend.result(before, after, changed))
     if diff:

@@ -20,6 +20,21 @@ is remembered in a small cache (/var/cache/kubenode-dataplane/nft): a no-op run 
 Apply is one ``nft -f`` transaction: for each owned table ``table X`` + ``delete table X``
 (works whether or not it exists), then the desired script by ``include``, so nft's messages
 point at the lines of the user's script. No other table is named, so no other table changes.
+
+Dry run and verification, where this backend departs on purpose from the plain converge loop:
+
+- ``nft -c`` runs in check mode and before arming a rollback (``confirm_timeout``). In other runs
+  ``nft -f`` is the dry run: the kernel checks the whole batch before it commits any of it, and
+  rejects it as a whole with the same message ``nft -c`` would give, so a separate ``nft -c``
+  would do the same work twice (about as long as the apply itself).
+- The verifying re-read after an apply is a full ``nft list table`` when the script's kernel
+  form was just taken from a scratch namespace; the canonical cache is filled only once that
+  re-read matched, so a cache entry means "this script, loaded into a live kernel, reads back
+  as this". Later applies of a cached script read the kernel's nf_tables generation instead
+  (``NFT_MSG_GETGEN``, one netlink round trip): the kernel adds one per committed transaction,
+  so "before + 1" proves that ``nft -f`` committed our transaction and that nobody else's came
+  between. Any other value (another writer, no netlink) falls back to the full re-read. Listing
+  a big table costs more than loading it (docs/performance/nft.md), hence the difference.
 """
 
 from __future__ import annotations
@@ -29,6 +44,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import struct
 import tempfile
 import time
 import typing as t
@@ -38,7 +55,7 @@ from dataclasses import dataclass, field
 
 from ansible_collections.kubenode.dataplane.plugins.module_utils._confirm import STATE_DIR as ROLLBACK_DIR, Rollbacks
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft_schema
-from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend
+from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend, VerifyError
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import CommandError, DataplaneError, Runner
 
 FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
@@ -92,6 +109,9 @@ def parse_table(ref: str) -> str:
 # ---------------------------------------------------------------- the script lexer
 
 
+_IN_BLOCK_RE = re.compile(r'["#{}]')
+
+
 @dataclass
 class Statement:
     line: int
@@ -125,6 +145,14 @@ def statements(text: str) -> t.List[Statement]:
             tokens.clear()
 
     while i < n:
+        if depth > 0:
+            # inside a block only strings, comments and braces matter: jump to the next one
+            m = _IN_BLOCK_RE.search(text, i)
+            j = m.start() if m else n
+            line += text.count("\n", i, j)
+            i = j
+            if i >= n:
+                break
         c = text[i]
         if c == '"':
             j = text.find('"', i + 1)
@@ -235,6 +263,60 @@ def interfaces(text: str) -> t.List[str]:
                     and re.match(r"^[A-Za-z0-9_.:@-]+$", name) and name not in found:
                 found.append(name)
     return found
+
+
+# ---------------------------------------------------------------- the ruleset's generation
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWGEN = 15
+NFT_MSG_GETGEN = 16
+NFTA_GEN_ID = 1
+NLM_F_REQUEST = 1
+NLMSG_HDR = struct.Struct("=IHHII")
+
+
+def generation_request(seq: int = 1) -> bytes:
+    """An NFT_MSG_GETGEN request: a netlink header and an nfgenmsg (AF_UNSPEC, version 0)."""
+    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST, seq, 0) + body
+
+
+def parse_generation(data: bytes) -> t.Optional[int]:
+    """NFTA_GEN_ID of the NFT_MSG_NEWGEN message in a netlink reply, or None (an error, or no such message)."""
+    off = 0
+    while off + NLMSG_HDR.size <= len(data):
+        length, mtype, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, off)
+        if length < NLMSG_HDR.size:
+            break
+        if mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+            pos, end = off + NLMSG_HDR.size + 4, min(off + length, len(data))
+            while pos + 4 <= end:
+                alen, atype = struct.unpack_from("=HH", data, pos)
+                if alen < 4 or pos + alen > end:
+                    break
+                if atype & 0x3FFF == NFTA_GEN_ID and alen >= 8:
+                    return int(struct.unpack_from(">I", data, pos + 4)[0])
+                pos += (alen + 3) & ~3
+        off += (length + 3) & ~3
+    return None
+
+
+def ruleset_generation() -> t.Optional[int]:
+    """This network namespace's nf_tables generation, which the kernel advances by one per committed
+    transaction; None when it cannot be read (then the caller re-reads the tables instead)."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    except (OSError, AttributeError):
+        return None
+    with sock:
+        try:
+            sock.settimeout(5)
+            sock.bind((0, 0))
+            sock.send(generation_request())
+            return parse_generation(sock.recv(65536))
+        except OSError:
+            return None
 
 
 # ---------------------------------------------------------------- the kernel's listing
@@ -568,6 +650,11 @@ class NftBackend(Backend):
         self._workdir: t.Optional[str] = None
         self._before: t.Optional[NftState] = None
         self._iptables_nft: t.Set[str] = set()
+        # set by canonical(), stored by result() once a live kernel read the script back as this
+        self._pending_cache: t.Optional[t.Tuple[str, t.Dict[str, str]]] = None
+        self.read_generation: t.Callable[[], t.Optional[int]] = ruleset_generation
+        self.committed_alone = False
+        self.verified: t.Optional[str] = None
 
     # -------------------------------------------------------- helpers
 
@@ -697,7 +784,7 @@ class NftBackend(Backend):
         tables = {tb: normalise(listed[tb]) for tb in self.opts.tables}
         self.canonical_source = "scratch namespace"
         if not check_mode:
-            self.cache.put(key, tables)
+            self._pending_cache = (key, tables)
         return tables
 
     def _scratch_named(self, nft: str, commands: str, needs: t.List[str]):
@@ -809,11 +896,17 @@ class NftBackend(Backend):
             if self.opts.state == "present":
                 self._write("desired.nft", self.opts.script or "")
             tx = self._write("transaction.nft", self.transaction(before, after))
+            if not (self.module.check_mode or self.opts.confirm_timeout):
+                # nft -f checks the whole transaction before committing any of it (see the module's docstring)
+                return self._validate_files(before, after)
             since = time.monotonic()
             res = self.runner.run([nft, "-c", "-f", tx], ok_rc=range(256), what="dry run (nft -c)")
             self._time("dry_run", since)
             if res.rc != 0:
                 raise NftError(f"nft rejected {self.opts.label} in a dry run (nft -c); nothing was changed:\n{self._errors(res.err, {tx: 'transaction'})}")
+        return self._validate_files(before, after)
+
+    def _validate_files(self, before: NftState, after: NftState) -> None:
         if self.opts.persist and not self.deferred_files:
             self.check_files(after.files, before.files)
 
@@ -860,7 +953,9 @@ class NftBackend(Backend):
             if self.opts.confirm_timeout:
                 self.arm_rollback(before)
             since = time.monotonic()
+            generation = self.read_generation()
             res = self.runner.run([nft, "-f", tx], ok_rc=range(256), what="applying the ruleset (nft -f)")
+            self.committed_alone = res.rc == 0 and generation is not None and self.read_generation() == generation + 1
             self._time("apply", since)
             if res.rc != 0:
                 if self.rollback:
@@ -869,6 +964,19 @@ class NftBackend(Backend):
                 raise NftError(f"nft rejected {self.opts.label}; nothing was changed:\n{self._errors(res.err, {tx: 'transaction'})}")
         if self.opts.persist and not self.deferred_files and after.files != before.files:
             self.write_files(after.files, before.files)
+
+    def verify(self, wanted: NftState) -> None:
+        if self.committed_alone and self.canonical_source == "cache":
+            # our one transaction and nothing else was committed, and a live kernel read this script
+            # back as the cached form on an earlier run: the owned tables are that form
+            self.verified = "generation"
+            if self.opts.persist:
+                files = self.read_files()
+                if files != wanted.files:
+                    raise VerifyError(self.mismatch(NftState(wanted.tables, files), wanted))
+            return
+        super().verify(wanted)
+        self.verified = "re-read"
 
     # -------------------------------------------------------- rollback
 
@@ -938,9 +1046,13 @@ class NftBackend(Backend):
     # -------------------------------------------------------- result
 
     def result(self, before: NftState, after: NftState, changed: bool) -> t.Dict[str, t.Any]:
+        if self._pending_cache and (not changed or self.verified == "re-read"):
+            # the live kernel showed this form: equal to it without a change, or read back after the apply
+            self.cache.put(*self._pending_cache)
         out: t.Dict[str, t.Any] = {
             "tables": list(self.opts.tables),
             "canonical_source": self.canonical_source,
+            "verified": self.verified,
             "timings": dict(self.timings),
             "rollback": None,
             "persisted": sorted(self.written),

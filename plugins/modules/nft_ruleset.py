@@ -24,8 +24,15 @@ description:
     Formatting, element order, defaults, handles and counter values never cause a change, and when nothing differs
     nothing is written (counters and set contents survive).
     The kernel's form of a script is remembered in C(/var/cache/kubenode-dataplane/nft), see O(canonical_cache).
-  - Before anything is applied, and in check mode too, the transaction is dry-run with C(nft -c); an error fails with
-    nft's message and the line of the input, and nothing changes.
+  - Invalid input fails with nft's message and the line of the input, and nothing changes. In check mode, and before a
+    rollback is armed (O(confirm_timeout)), the transaction is dry-run with C(nft -c). Otherwise C(nft -f) is its own
+    dry run: the kernel checks the whole transaction before it commits any of it, so a separate C(nft -c) would only
+    double the time of an apply.
+  - After an apply the owned tables are read back and compared with the desired ones; a difference fails the task.
+    When the same script was already applied and read back on this machine (it is in the canonical cache), the
+    kernel's nf_tables generation is read instead of the whole tables. It goes up by one per committed transaction,
+    so "one more than before" proves that this task's transaction, and no other, was committed. Any other value
+    means the tables are read back in full. See RV(verified).
   - With O(confirm_timeout), the previous tables come back by themselves after that many seconds unless a later task
     confirms with O(confirm=true). This holds when the new rules cut the connection Ansible uses.
   - Requires C(nft) and C(unshare) (util-linux) on the managed node, C(ip) (iproute2) when the input names interfaces,
@@ -273,6 +280,15 @@ canonical_source:
   returned: always
   type: str
   sample: cache
+verified:
+  description:
+    - How the apply was verified. V(re-read) means the owned tables were listed again and compared with the desired
+      ones. V(generation) means the kernel's nf_tables generation showed that exactly this task's transaction was
+      committed, for a script already read back on this machine.
+    - Null when nothing was applied (no change, check mode, O(confirm=true)).
+  returned: success, except with O(confirm=true)
+  type: str
+  sample: generation
 timings:
   description: Seconds spent in each step (read, cache, scratch, dry_run, apply), for performance work.
   returned: success, except with O(confirm=true)

@@ -17,7 +17,7 @@ proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PI
 elapsed = time.perf_counter() - started
 sys.stderr.write(proc.stderr.decode(errors="replace")[-2000:])
 sys.stdout.write(f"{elapsed:.4f} {proc.returncode}\n")
-sys.stdout.write(proc.stdout.decode(errors="replace")[-400000:])
+sys.stdout.write(proc.stdout.decode(errors="replace"))
 """
 
 

@@ -203,3 +203,22 @@ def test_published_schema_is_the_one_the_action_plugin_uses():
     assert json.loads(published.read_text()) == schema.SCHEMA, (
         "regenerate: python -c 'import json,sys; from ansible_collections.kubenode.dataplane.plugins.module_utils "
         "import _nft_schema as s; json.dump(s.SCHEMA, sys.stdout, indent=2)' > docs/schemas/nft_ruleset.schema.json")
+
+
+def _reply(name):
+    return bytes.fromhex((FIX / name).read_text().strip())
+
+
+def test_generation_from_the_kernels_replies():
+    # captured in a fresh namespace, before and after one committed transaction (capture.sh, step 4)
+    fresh, after_one = nft.parse_generation(_reply("getgen-fresh.hex")), nft.parse_generation(_reply("getgen-after-one.hex"))
+    assert fresh == 1 and after_one == 2
+    # an error reply (NLMSG_ERROR) or a truncated one carries no generation: the caller re-reads the tables
+    assert nft.parse_generation(_reply("getgen-error.hex")) is None
+    assert nft.parse_generation(_reply("getgen-fresh.hex")[:20]) is None
+    assert nft.parse_generation(b"") is None
+
+
+def test_generation_request_is_an_nfnetlink_getgen():
+    request = nft.generation_request(seq=7)
+    assert request.hex() == "14000000100a010007000000000000000000" + "0000"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft as nft
-from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import converge
+from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import VerifyError, converge
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import DataplaneError, Runner
 
 HERE = Path(__file__).resolve().parent
@@ -63,8 +63,14 @@ def test_commands(case, tmp_path):
         cache.put(key, {tb: nft.normalise(listed[tb]) for tb in opts.tables})
     module = ScriptedModule(case["run"], tmp_path, case.get("check_mode", False))
     backend = nft.NftBackend(module, Runner(module), opts)
+    # the kernel's nf_tables generation before and after the apply, as NFT_MSG_GETGEN would report it
+    generations = iter(case.get("generations") or [])
+    backend.read_generation = lambda: next(generations, None)
     expect = case["expect"]
-    if "failed" in expect:
+    if expect.get("verify_error"):
+        with pytest.raises(VerifyError):
+            converge(backend, module.check_mode, True)
+    elif "failed" in expect:
         with pytest.raises(DataplaneError) as err:
             converge(backend, module.check_mode, True)
         assert str(err.value) == module.fill(expect["failed"])
@@ -75,6 +81,8 @@ def test_commands(case, tmp_path):
             assert result["canonical_source"] == expect["canonical_source"]
         if "transaction" in expect:
             assert Path(module.workdir, "transaction.nft").read_text() == module.fill(expect["transaction"])
-        if expect.get("cached_after"):
-            assert cache.get(key) is not None
+        if "verified" in expect:
+            assert result["verified"] == expect["verified"]
+    if "cached_after" in expect:
+        assert (cache.get(key) is not None) is expect["cached_after"]
     assert module.steps == [], f"commands that should have run did not: {module.steps}"
