@@ -9,7 +9,12 @@
 - compares the owned chains and the jump rules into them as the canonical text iptables-save
   prints (see _iptables_rules.normalise), so equal means nothing is written;
 - writes one ``iptables-restore --noflush`` transaction per table that touches only the owned
-  chains and the jump rules into them, after ``iptables-restore --test`` of the same input;
+  chains and the jump rules into them. ``iptables-restore --test`` of the same input runs first in
+  check mode and when more than one table changes (so that a bad rule in the second leaves the
+  first untouched); a single table's restore is all or nothing by itself;
+- remembers the iptables-save form of each chain's rules once the kernel printed them that way
+  (_cache.CanonicalCache), so later runs skip the normaliser, and verifies an nft-backend apply
+  of remembered rules by the nf_tables generation instead of reading the table again (_nfgen);
 - picks the backend (where the node's rules live, as kubernetes-sigs/iptables-wrappers does),
   persists owned chains as a small systemd unit per chain, and arms a commit-confirmed rollback.
 """
@@ -29,7 +34,9 @@ import tempfile
 import time
 import typing as t
 
-from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend
+from ansible_collections.kubenode.dataplane.plugins.module_utils._cache import CanonicalCache
+from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend, VerifyError
+from ansible_collections.kubenode.dataplane.plugins.module_utils._nfgen import ruleset_generation
 from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables_rules import (
     CHAIN_RE,
     FAMILIES,
@@ -48,6 +55,7 @@ KUBELET_HINTS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
 RUN_DIR = "/run/kubenode-dataplane"
 PERSIST_DIR = "/etc/kubenode-dataplane/iptables"
 UNIT_DIR = "/etc/systemd/system"
+CACHE_DIR = "/var/cache/kubenode-dataplane/iptables"
 WANTS = "multi-user.target.wants"
 
 
@@ -333,6 +341,7 @@ class ChainSpec:
         self.rules: t.List[str] = []
         self.sources: t.List[int] = []  # index in ``given`` of each canonical rule
         self.jump: str = ""
+        self.cached = False  # rules, sources and jump came from the cache
 
     @property
     def key(self) -> str:
@@ -508,6 +517,11 @@ class Ruleset(Backend):
         self.backend = choice
         self.rollback: t.Optional[t.Dict[str, t.Any]] = None
         self._before: t.Dict[str, t.Any] = {}
+        self.cache = CanonicalCache(CACHE_DIR, params.get("canonical_cache", True) is not False)
+        self._pending_cache: t.List[t.Tuple[str, t.Dict[str, t.Any]]] = []
+        self.read_generation: t.Callable[[], t.Optional[int]] = ruleset_generation
+        self.committed_alone = False
+        self.verified: t.Optional[str] = None
 
     # -- read
     def current(self) -> t.Dict[str, t.Any]:
@@ -541,7 +555,7 @@ class Ruleset(Backend):
             bt = before["tables"][key]
             chains: t.Dict[str, t.Optional[t.List[str]]] = {}
             for s in specs:
-                s.compile(self.backend, bt["chains"].get(s.chain))
+                self._compile(s, bt["chains"].get(s.chain))
                 chains[s.chain] = None if s.state == "absent" else list(s.rules)
             jumps = {}
             for b in TABLES[table]:
@@ -554,6 +568,30 @@ class Ruleset(Backend):
         if self.persist:
             state["files"] = self._wanted_files()
         return state
+
+    def _cache_key(self, s: ChainSpec) -> str:
+        # the installed restore program stands for iptables' version (its canonical spellings)
+        prog = os.path.realpath(self.tools.prog(s.family, "-restore"))
+        try:
+            st = os.stat(prog)
+            tool = f"{prog} {st.st_size} {int(st.st_mtime)}"
+        except OSError:
+            tool = prog
+        return CanonicalCache.key("iptables_ruleset", self.backend, tool, s.family, s.table, s.chain, s.jump_spec,
+                                  json.dumps(s.given, sort_keys=True))
+
+    def _compile(self, s: ChainSpec, current: t.Optional[t.List[str]]) -> None:
+        if s.state == "absent" or not self.cache.enabled:
+            s.compile(self.backend, current)
+            return
+        key = self._cache_key(s)
+        hit = self.cache.get(key)
+        if isinstance(hit, dict) and {"rules", "sources", "jump"} <= set(hit):
+            s.rules, s.sources, s.jump, s.cached = list(hit["rules"]), list(hit["sources"]), hit["jump"], True
+            return
+        s.compile(self.backend, current)
+        if not self.module.check_mode:
+            self._pending_cache.append((key, {"rules": s.rules, "sources": s.sources, "jump": s.jump}))
 
     def equal(self, actual: t.Any, wanted: t.Any) -> bool:
         return actual["tables"] == wanted["tables"] and actual["files"] == wanted["files"]
@@ -570,7 +608,10 @@ class Ruleset(Backend):
     # -- dry run
     def validate(self, after: t.Dict[str, t.Any]) -> None:
         before = self._before
-        for key in self._changed_groups(before, after):
+        changed = self._changed_groups(before, after)
+        if len(changed) == 1 and not self.module.check_mode:
+            return  # one table's iptables-restore commits all of its input or none of it
+        for key in changed:
             family, table = key.split(" ")
             text, origin = restore_text(table, before["tables"][key], after["tables"][key], self._sources(key))
             try:
@@ -604,6 +645,7 @@ class Ruleset(Backend):
 
     def apply(self, before: t.Dict[str, t.Any], after: t.Dict[str, t.Any]) -> None:
         done: t.List[str] = []
+        generation = self.read_generation() if self.backend == "nft" else None
         for key in self._changed_groups(before, after):
             family, table = key.split(" ")
             text, origin = restore_text(table, before["tables"][key], after["tables"][key], self._sources(key))
@@ -614,11 +656,25 @@ class Ruleset(Backend):
                 note = f" (the {', '.join(undone)} tables written before it were put back as they were)" if undone else ""
                 raise IptablesError(f"{err}{note}") from None
             done.append(key)
+        # one nf_tables transaction per iptables-nft-restore run: this many more, and no other writer's
+        self.committed_alone = generation is not None and self.read_generation() == generation + len(done)
         old_files: t.Dict[str, t.Any] = {}
         if self.persist:
             old_files = self._write_files(before["files"], after["files"])
         if self.confirm_timeout and not self.module.check_mode:
             self.rollback = self._arm_rollback(done, before, after, old_files)
+
+    def verify(self, wanted: t.Dict[str, t.Any]) -> None:
+        if self.committed_alone and all(s.cached or s.state == "absent" for s in self.specs):
+            # only our restores were committed, of rules that iptables-save printed back exactly so before
+            self.verified = "generation"
+            if self.persist:
+                files = self._read_files()
+                if files != wanted["files"]:
+                    raise VerifyError(self.mismatch(dict(wanted, files=files), wanted))
+            return
+        super().verify(wanted)
+        self.verified = "re-read"
 
     def _revert(self, done: t.List[str], before: t.Mapping[str, t.Any], after: t.Mapping[str, t.Any]) -> t.List[str]:
         undone = []
@@ -688,8 +744,12 @@ class Ruleset(Backend):
             aj = {k: v for k, v in after["tables"][s.key]["jumps"].items() if any(x[1] == s.jump for x in v)}
             chains.append({"ip_version": s.family, "table": s.table, "chain": s.chain, "state": s.state,
                            "rules": len(a or []), "changed": a != b or aj != bj})
+        if not changed or self.verified == "re-read":
+            # iptables-save printed these rules exactly so: remember them
+            for key, value in self._pending_cache:
+                self.cache.put(key, value)
         res: t.Dict[str, t.Any] = {"backend": self.backend, "backend_reason": self.reason, "chains": chains,
-                                   "mixed_backends": self.mixed}
+                                   "mixed_backends": self.mixed, "verified": self.verified}
         if self.persist:
             res["persisted"] = sorted(p for p, c in after["files"].items() if c is not None)
         if self.rollback:

@@ -935,6 +935,7 @@ def schema() -> t.Dict[str, t.Any]:
             "backend": {"enum": ["auto", "legacy", "nft"]},
             "wait": {"type": "integer", "minimum": 1},
             "force": {"type": "boolean"},
+            "canonical_cache": {"type": "boolean"},
             "persist": {"type": "boolean"},
             "persist_dir": {"type": "string"},
             "unit_dir": {"type": "string"},

@@ -39,20 +39,17 @@ Dry run and verification, where this backend departs on purpose from the plain c
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
 import re
-import socket
-import struct
 import tempfile
 import time
 import typing as t
-import zlib
 
 from dataclasses import dataclass, field
 
+from ansible_collections.kubenode.dataplane.plugins.module_utils._cache import CanonicalCache
+from ansible_collections.kubenode.dataplane.plugins.module_utils._nfgen import ruleset_generation
 from ansible_collections.kubenode.dataplane.plugins.module_utils._confirm import STATE_DIR as ROLLBACK_DIR, Rollbacks
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft_schema
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend, VerifyError
@@ -76,7 +73,6 @@ XTABLES_FAMILIES = ("ip", "ip6", "arp", "bridge")
 IPTABLES_NFT_WARNING = "is managed by iptables-nft"
 
 CACHE_DIR = "/var/cache/kubenode-dataplane/nft"
-CACHE_KEEP = 64
 SCRATCH_PREFIX = "kubenode-scratch-"
 
 # top-level commands that may appear in content, besides the ones that name an owned table
@@ -265,60 +261,6 @@ def interfaces(text: str) -> t.List[str]:
     return found
 
 
-# ---------------------------------------------------------------- the ruleset's generation
-
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_NEWGEN = 15
-NFT_MSG_GETGEN = 16
-NFTA_GEN_ID = 1
-NLM_F_REQUEST = 1
-NLMSG_HDR = struct.Struct("=IHHII")
-
-
-def generation_request(seq: int = 1) -> bytes:
-    """An NFT_MSG_GETGEN request: a netlink header and an nfgenmsg (AF_UNSPEC, version 0)."""
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
-    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST, seq, 0) + body
-
-
-def parse_generation(data: bytes) -> t.Optional[int]:
-    """NFTA_GEN_ID of the NFT_MSG_NEWGEN message in a netlink reply, or None (an error, or no such message)."""
-    off = 0
-    while off + NLMSG_HDR.size <= len(data):
-        length, mtype, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, off)
-        if length < NLMSG_HDR.size:
-            break
-        if mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
-            pos, end = off + NLMSG_HDR.size + 4, min(off + length, len(data))
-            while pos + 4 <= end:
-                alen, atype = struct.unpack_from("=HH", data, pos)
-                if alen < 4 or pos + alen > end:
-                    break
-                if atype & 0x3FFF == NFTA_GEN_ID and alen >= 8:
-                    return int(struct.unpack_from(">I", data, pos + 4)[0])
-                pos += (alen + 3) & ~3
-        off += (length + 3) & ~3
-    return None
-
-
-def ruleset_generation() -> t.Optional[int]:
-    """This network namespace's nf_tables generation, which the kernel advances by one per committed
-    transaction; None when it cannot be read (then the caller re-reads the tables instead)."""
-    try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    except (OSError, AttributeError):
-        return None
-    with sock:
-        try:
-            sock.settimeout(5)
-            sock.bind((0, 0))
-            sock.send(generation_request())
-            return parse_generation(sock.recv(65536))
-        except OSError:
-            return None
-
-
 # ---------------------------------------------------------------- the kernel's listing
 
 
@@ -447,59 +389,6 @@ def map_nft_error(err: str, paths: t.Dict[str, str]) -> str:
 
 
 # ---------------------------------------------------------------- the canonical-form cache
-
-
-class CanonicalCache:
-    """sha256(nft version, kernel, owned tables, script) -> the kernel's canonical listing of the script.
-
-    Pure function of its key, so it is shared by every network namespace of a machine. Holds the
-    normalised text (zlib, base64) so that diffs and persisted files come from it too.
-    """
-
-    def __init__(self, directory: str = CACHE_DIR, enabled: bool = True, keep: int = CACHE_KEEP) -> None:
-        self.directory = directory
-        self.enabled = enabled
-        self.keep = keep
-
-    @staticmethod
-    def key(nft_version: str, tables: t.Sequence[str], script: str) -> str:
-        h = hashlib.sha256()
-        for part in (nft_version, os.uname().release, "\n".join(tables), script):
-            h.update(part.encode())
-            h.update(b"\0")
-        return h.hexdigest()
-
-    def _path(self, key: str) -> str:
-        return os.path.join(self.directory, f"{key}.json")
-
-    def get(self, key: str) -> t.Optional[t.Dict[str, str]]:
-        if not self.enabled:
-            return None
-        try:
-            with open(self._path(key), encoding="utf-8") as f:
-                data = json.load(f)
-            return json.loads(zlib.decompress(base64.b64decode(data["tables"])).decode())
-        except (OSError, ValueError, KeyError, zlib.error):
-            return None
-
-    def put(self, key: str, tables: t.Dict[str, str]) -> None:
-        if not self.enabled:
-            return
-        try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            blob = base64.b64encode(zlib.compress(json.dumps(tables).encode(), 6)).decode()
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"tables": blob, "stored": time.time()}, f)
-            os.replace(tmp, self._path(key))
-            entries = sorted(
-                (os.path.join(self.directory, e) for e in os.listdir(self.directory) if e.endswith(".json")),
-                key=lambda p: os.stat(p).st_mtime,
-            )
-            for old in entries[:-self.keep]:
-                os.unlink(old)
-        except OSError:
-            pass  # a cache: a full or read-only disk only costs time
 
 
 # ---------------------------------------------------------------- persistence

@@ -25,9 +25,14 @@ description:
     numbers, C(/32) and C(/128) host masks, netmasks as prefix lengths, negations, default options such as
     C(--reject-with icmp-port-unreachable)). Counters are ignored. When nothing differs, nothing is
     written, so the counters of the owned chains survive a run that changes nothing.
-  - Before every change, in check mode too, C(iptables-restore --test) checks the same input, so an invalid
-    rule fails with iptables' own message, the line and the rule it came from, and nothing changes. After
-    the change the tables are read back and compared again.
+  - An invalid rule fails with iptables' own message, the line and the rule it came from, and nothing changes.
+    In check mode, and before a change that spans several tables, C(iptables-restore --test) checks the input
+    first. A change of a single table needs no separate test, because that table's C(iptables-restore) commits
+    all of its input or none of it.
+  - After the change the tables are read back and compared again. There is one exception, with the nft backend;
+    when every owned chain's rules are in the module's cache (they were already printed back exactly this way
+    on this machine), the module reads the kernel's nf_tables generation instead. It must have gone up by
+    exactly the module's own restores, so no other writer came in between. See RV(verified).
   - Every iptables program is run with C(-w), so the module waits for the xtables lock instead of failing
     or (like a check-then-append loop) adding a rule twice.
   - Rules are given as iptables rule specs (C(-p tcp --dport 22 -j ACCEPT)) or as data (see
@@ -131,6 +136,14 @@ options:
     description: Allow owning chains whose names belong to kube-proxy, a CNI, Docker or a host firewall.
     type: bool
     default: false
+  canonical_cache:
+    description:
+      - Remember, in C(/var/cache/kubenode-dataplane/iptables), the form in which C(iptables-save) prints each owned
+        chain's rules. The key is the rules as given, the iptables program and the kernel. An entry is stored only
+        after C(iptables-save) printed the rules back that way. Later runs then skip rewriting every rule, which
+        matters with tens of thousands of rules. V(false) rewrites them on every run.
+    type: bool
+    default: true
   persist:
     description:
       - Also save the owned chains so that they come back at boot. Each chain gets a file
@@ -276,6 +289,15 @@ mixed_backends:
   description: Whether both backends hold rules (with O(backend=auto)).
   returned: always, unless O(confirm) was given
   type: bool
+verified:
+  description:
+    - How the change was verified. V(re-read) means the tables were read back with C(iptables-save) and compared.
+      V(generation) means the nf_tables generation showed that only the module's own restores were committed,
+      for rules already printed back this way on this machine.
+    - Null when nothing was written.
+  returned: always, unless O(confirm) was given
+  type: str
+  sample: re-read
 chains:
   description: Per owned chain, what it holds now and whether it (or its jump rules) changed.
   returned: always, unless O(confirm) was given
@@ -336,6 +358,7 @@ def main() -> None:
             backend=dict(type="str", choices=["auto", "legacy", "nft"], default="auto"),
             wait=dict(type="int", default=30),
             force=dict(type="bool", default=False),
+            canonical_cache=dict(type="bool", default=True),
             persist=dict(type="bool", default=False),
             persist_dir=dict(type="path", default="/etc/kubenode-dataplane/iptables"),
             unit_dir=dict(type="path", default="/etc/systemd/system"),

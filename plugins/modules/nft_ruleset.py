@@ -26,7 +26,7 @@ description:
     The kernel's form of a script is remembered in C(/var/cache/kubenode-dataplane/nft), see O(canonical_cache).
   - Invalid input fails with nft's message and the line of the input, and nothing changes. In check mode, and before a
     rollback is armed (O(confirm_timeout)), the transaction is dry-run with C(nft -c). Otherwise C(nft -f) is its own
-    dry run: the kernel checks the whole transaction before it commits any of it, so a separate C(nft -c) would only
+    dry run. The kernel checks the whole transaction before it commits any of it, so a separate C(nft -c) would only
     double the time of an apply.
   - After an apply the owned tables are read back and compared with the desired ones; a difference fails the task.
     When the same script was already applied and read back on this machine (it is in the canonical cache), the

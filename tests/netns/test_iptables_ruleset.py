@@ -68,6 +68,32 @@ def test_idempotent_at_10_and_10000_rules(backend, netns_pair, playbook, tmp_pat
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_rules_printed_back_once_are_remembered(backend, netns_pair, playbook):
+    """The first apply of new rules is read back in full (and only then remembered); a later apply of the same
+    rules uses the remembered form, and with the nft backend is verified by the nf_tables generation."""
+    lab, inv = netns_pair
+    h1 = lab.hosts[0]
+    nonce = os.urandom(3).hex()
+    chain = {"chain": "KUBENODE-REMEMBER", "jump_from": ["INPUT"],
+             "rules": [f"-p tcp --dport 7001 -m comment --comment {nonce} -j ACCEPT", "-s 192.0.2.7 -j DROP"]}
+    run = playbook(play([task("first", {"backend": backend, "chains": [chain]})]), inv)
+    assert run.rc == 0, run.explain()
+    assert run.task("first")["result"]["verified"] == "re-read"
+    printed = chain_lines(save(h1, backend), "KUBENODE-REMEMBER")
+    assert printed == [f'-A KUBENODE-REMEMBER -p tcp -m tcp --dport 7001 -m comment --comment {nonce} -j ACCEPT',
+                       "-A KUBENODE-REMEMBER -s 192.0.2.7/32 -j DROP"]
+    for argv in (["-D", "INPUT", "-j", "KUBENODE-REMEMBER"], ["-F", "KUBENODE-REMEMBER"], ["-X", "KUBENODE-REMEMBER"]):
+        h1.run([f"iptables-{backend}", "-w"] + argv)
+    run = playbook(play([task("again", {"backend": backend, "chains": [chain]}),
+                         task("no-op", {"backend": backend, "chains": [chain]})]), inv)
+    assert run.rc == 0, run.explain()
+    again = run.task("again")["result"]
+    assert again["changed"] and again["verified"] == ("generation" if backend == "nft" else "re-read"), again
+    assert run.task("no-op")["result"]["changed"] is False
+    assert chain_lines(save(h1, backend), "KUBENODE-REMEMBER") == printed
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
 def test_check_mode_and_a_bad_rule_change_nothing(backend, netns_pair, playbook):
     lab, inv = netns_pair
     h1 = lab.hosts[0]

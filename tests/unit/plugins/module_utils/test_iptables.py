@@ -63,17 +63,30 @@ class FakeModule:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_commands(case, monkeypatch):
+def test_commands(case, monkeypatch, tmp_path):
     monkeypatch.setattr(ipt, "legacy_tables", lambda family: set(case.get("legacy_tables", [])))
+    monkeypatch.setattr(ipt, "CACHE_DIR", str(tmp_path / "cache"))
     module = FakeModule(case["commands"], case.get("check_mode", False))
     params = dict(DEFAULTS, **case["params"])
+    backend = ipt.Ruleset(module, Runner(module), params)
+    keys = [backend._cache_key(s) for s in backend.specs if s.state == "present"]
+    if case.get("cached"):
+        # as an earlier run leaves it: the rules compiled, stored once iptables-save printed them so
+        for s, key in zip([s for s in backend.specs if s.state == "present"], keys):
+            s.compile(backend.backend, None)
+            backend.cache.put(key, {"rules": s.rules, "sources": s.sources, "jump": s.jump})
+    # the nf_tables generation before and after the restores, as NFT_MSG_GETGEN would report it
+    generations = iter(case.get("generations") or [])
+    backend.read_generation = lambda: next(generations, None)
     if "error" in case:
         with pytest.raises(DataplaneError) as err:
-            converge(ipt.Ruleset(module, Runner(module), params), module.check_mode, True)
+            converge(backend, module.check_mode, True)
         assert str(err.value) == case["error"]
     else:
-        result = converge(ipt.Ruleset(module, Runner(module), params), module.check_mode, True)
+        result = converge(backend, module.check_mode, True)
         assert result["changed"] is case["changed"]
         for key, value in case.get("result", {}).items():
             assert result[key] == value
+    if "cached_after" in case:
+        assert all((backend.cache.get(k) is not None) is case["cached_after"] for k in keys)
     assert module.expected == [], "commands that were expected but did not run"

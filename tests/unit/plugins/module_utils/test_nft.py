@@ -8,6 +8,7 @@ import pytest
 
 from tests.harness.stock_files import debian_nftables_conf
 
+from ansible_collections.kubenode.dataplane.plugins.module_utils import _nfgen as nfgen
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft as nft
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft_schema as schema
 
@@ -211,14 +212,14 @@ def _reply(name):
 
 def test_generation_from_the_kernels_replies():
     # captured in a fresh namespace, before and after one committed transaction (capture.sh, step 4)
-    fresh, after_one = nft.parse_generation(_reply("getgen-fresh.hex")), nft.parse_generation(_reply("getgen-after-one.hex"))
+    fresh, after_one = nfgen.parse_generation(_reply("getgen-fresh.hex")), nfgen.parse_generation(_reply("getgen-after-one.hex"))
     assert fresh == 1 and after_one == 2
     # an error reply (NLMSG_ERROR) or a truncated one carries no generation: the caller re-reads the tables
-    assert nft.parse_generation(_reply("getgen-error.hex")) is None
-    assert nft.parse_generation(_reply("getgen-fresh.hex")[:20]) is None
-    assert nft.parse_generation(b"") is None
+    assert nfgen.parse_generation(_reply("getgen-error.hex")) is None
+    assert nfgen.parse_generation(_reply("getgen-fresh.hex")[:20]) is None
+    assert nfgen.parse_generation(b"") is None
 
 
 def test_generation_request_is_an_nfnetlink_getgen():
-    request = nft.generation_request(seq=7)
+    request = nfgen.generation_request(seq=7)
     assert request.hex() == "14000000100a010007000000000000000000" + "0000"
