@@ -21,6 +21,7 @@ import re
 import typing as t
 
 from ansible_collections.kubenode.dataplane.plugins.module_utils._fwmodel import NFT_TABLE as OWN_NFT_TABLE
+from ansible_collections.kubenode.dataplane.plugins.module_utils._modfiles import parse_modules_load
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import DataplaneError, Runner
 from ansible_collections.kubenode.dataplane.plugins.module_utils._sysctl import PROC_SYS, key_path, normalise_value
 
@@ -209,16 +210,6 @@ def parse_modules_dep(text: str) -> t.Set[str]:
 
 # where systemd-modules-load (and Debian's /etc/modules) find the modules to load at boot
 MODULES_LOAD_DIRS = ("/etc/modules-load.d", "/run/modules-load.d", "/usr/local/lib/modules-load.d", "/usr/lib/modules-load.d")
-
-
-def parse_modules_load(text: str) -> t.Set[str]:
-    """Module names of a modules-load.d(5) file (or Debian's /etc/modules), '-' read as '_'."""
-    names = set()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", ";")):
-            names.add(line.split()[0].replace("-", "_"))
-    return names
 
 
 def module_status(
@@ -573,8 +564,8 @@ class Gatherer:
         for directory in MODULES_LOAD_DIRS:
             for name in self.files.listdir(directory) or []:
                 if name.endswith(".conf"):
-                    at_boot |= parse_modules_load(self.files.read(f"{directory}/{name}") or "")
-        at_boot |= parse_modules_load(self.files.read("/etc/modules") or "")
+                    at_boot.update(parse_modules_load(self.files.read(f"{directory}/{name}")))
+        at_boot.update(parse_modules_load(self.files.read("/etc/modules")))
         return {
             "loadable": supported,
             "loaded_total": len(loaded) if loaded is not None else 0,

@@ -25,6 +25,7 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend
+from ansible_collections.kubenode.dataplane.plugins.module_utils._modfiles import parse_modules_load
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import DataplaneError, Runner
 
 DEFAULT_PREFIX = "kubenode-dataplane"
@@ -269,16 +270,6 @@ def parse_kconfig(text: str) -> t.Dict[str, str]:
         elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
             config[line[len("# CONFIG_"):-len(" is not set")]] = "n"
     return config
-
-
-def parse_modules_load(text: t.Optional[str]) -> t.List[str]:
-    """modules-load.d(5): one module name per line, '#' and ';' start comments."""
-    names: t.List[str] = []
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if line and line[0] not in "#;" and normalise(line) not in names:
-            names.append(normalise(line))
-    return names
 
 
 @dataclass

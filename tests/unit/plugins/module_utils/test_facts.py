@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _facts as facts
+from ansible_collections.kubenode.dataplane.plugins.module_utils._modfiles import parse_modules_load
 from tests.unit import dataplane_info_fixtures as fx
 
 CASES = yaml.safe_load((Path(__file__).parent / "dataplane_info_cases.yml").read_text())
@@ -326,8 +327,8 @@ def test_sysctl_names_with_an_interface_containing_a_dot_pass():
 
 def test_modules_loaded_at_boot_from_real_modules_load_files():
     here = Path(__file__).resolve().parents[2] / "fixtures" / "dataplane_info" / "modules-load"
-    ours = facts.parse_modules_load((here / "kubenode-dataplane.conf").read_text())
-    assert ours == {"br_netfilter", "ip_vs", "ip_vs_rr", "ip_vs_sh", "ip_vs_wrr", "nf_conntrack", "overlay"}
-    assert facts.parse_modules_load((here / "debian-modules.conf").read_text()) == set()
-    assert facts.parse_modules_load((here / "zz-other-tool.conf").read_text()) == {"loop"}
-    assert facts.parse_modules_load("ip-vs-rr  # dashes\n; a comment\n") == {"ip_vs_rr"}
+    ours = parse_modules_load((here / "kubenode-dataplane.conf").read_text())
+    assert set(ours) == {"br_netfilter", "ip_vs", "ip_vs_rr", "ip_vs_sh", "ip_vs_wrr", "nf_conntrack", "overlay"}
+    assert parse_modules_load((here / "debian-modules.conf").read_text()) == []
+    assert parse_modules_load((here / "zz-other-tool.conf").read_text()) == ["loop"]
+    assert parse_modules_load("ip-vs-rr  # dashes\n; a comment\n") == ["ip_vs_rr"]
