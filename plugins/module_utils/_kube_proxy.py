@@ -174,6 +174,8 @@ _MISSING = object()
 
 def leaf_changes(before: t.Any, extra: t.Any, path: t.Tuple[str, ...] = ()) -> t.List[t.Tuple[t.Tuple[str, ...], t.Any]]:
     """(path, value) of every leaf of ``extra`` whose value differs from ``before``."""
+    if not path and extra == {}:
+        return []  # no settings asked for: nothing to change (below the top, {} is a value to set)
     if isinstance(extra, dict) and extra:
         found = []
         for key, value in extra.items():

@@ -177,6 +177,12 @@ def test_configmap_switch_to_ipvs_changes_the_mode_line_and_nothing_else():
     assert not text.endswith("\n")  # the ConfigMap value had no trailing line break: still none
 
 
+def test_no_settings_change_nothing():
+    parsed = kp.parse(CONFIGMAP, "cm", "untouched", allow_append=False)
+    text, merged = kp.rewrite(parsed, {})
+    assert text == CONFIGMAP and merged == parsed.data
+
+
 def test_configmap_several_settings_each_change_only_their_line():
     parsed = kp.parse(CONFIGMAP, "cm", "untouched", allow_append=False)
     text, _merged = kp.rewrite(parsed, {
