@@ -74,6 +74,8 @@ IPTABLES_NFT_WARNING = "is managed by iptables-nft"
 
 CACHE_DIR = "/var/cache/kubenode-dataplane/nft"
 SCRATCH_PREFIX = "kubenode-scratch-"
+# the desired form of a table not yet known: read back from the kernel after the apply
+UNKNOWN = "# the kernel's form of this table is read back after the apply\n"
 
 # top-level commands that may appear in content, besides the ones that name an owned table
 SCRIPT_VERBS = ("add", "create", "insert", "replace", "delete", "destroy", "flush")
@@ -544,6 +546,8 @@ class NftBackend(Backend):
         self.read_generation: t.Callable[[], t.Optional[int]] = ruleset_generation
         self.committed_alone = False
         self.verified: t.Optional[str] = None
+        self._cache_key = ""
+        self._version = ""
 
     # -------------------------------------------------------- helpers
 
@@ -634,18 +638,28 @@ class NftBackend(Backend):
                     "nothing was changed"
                 )
 
-    def canonical(self, check_mode: bool) -> t.Dict[str, str]:
-        """The kernel's listing of the desired script, normalised, per owned table."""
+    def canonical(self, check_mode: bool, learn: bool = False) -> t.Dict[str, str]:
+        """The kernel's listing of the desired script, normalised, per owned table.
+
+        With ``learn`` (the owned tables do not exist, so the apply is certain), a script that is not
+        in the cache is not loaded into a scratch namespace: its form is read back from the kernel
+        after the apply instead, and the tables are UNKNOWN until then.
+        """
         script = self.opts.script or ""
         nft = self._nft()
         since = time.monotonic()
-        version = self.runner.run([nft, "--version"], what="reading nft's version").out.strip()
-        key = CanonicalCache.key(version, self.opts.tables, script)
+        if not self._version:
+            self._version = self.runner.run([nft, "--version"], what="reading nft's version").out.strip()
+        key = CanonicalCache.key(self._version, self.opts.tables, script)
         hit = self.cache.get(key)
         self._time("cache", since)
         if hit is not None and set(hit) == set(self.opts.tables):
             self.canonical_source = "cache"
             return hit
+        if learn:
+            self.canonical_source = "applied"
+            self._cache_key = key
+            return {tb: UNKNOWN for tb in self.opts.tables}
         since = time.monotonic()
         path = self._write("desired.nft", script)
         commands = f'include "{path}"\n' + "".join(f"list table {tb}\n" for tb in self.opts.tables)
@@ -710,7 +724,11 @@ class NftBackend(Backend):
         if self.opts.state == "absent":
             tables: t.Dict[str, t.Optional[str]] = {tb: None for tb in self.opts.tables}
         else:
-            tables = dict(self.canonical(self.module.check_mode))
+            # nothing to compare with: the kernel's form can come from the apply itself (the persisted
+            # files and a rollback need it before, so not with those)
+            learn = (not self.module.check_mode and not self.opts.persist and not self.opts.confirm_timeout
+                     and all(before.tables.get(tb) is None for tb in self.opts.tables))
+            tables = dict(self.canonical(self.module.check_mode, learn=learn))
         files: t.Dict[str, t.Optional[str]] = {}
         if self.opts.persist:
             files = self.desired_files(tables, before.files)
@@ -835,7 +853,7 @@ class NftBackend(Backend):
                 + self._errors(res.err, {path: self.opts.persist_conf, stage: self.opts.persist_dir})
             )
 
-    def apply(self, before: NftState, after: NftState) -> None:
+    def apply(self, before: NftState, after: NftState) -> t.Optional[NftState]:
         nft = self._nft()
         if self.tables_differ(before, after):
             tx = os.path.join(self.workdir(), "transaction.nft")
@@ -853,8 +871,26 @@ class NftBackend(Backend):
                 raise NftError(f"nft rejected {self.opts.label}; nothing was changed:\n{self._errors(res.err, {tx: 'transaction'})}")
         if self.opts.persist and not self.deferred_files and after.files != before.files:
             self.write_files(after.files, before.files)
+        if self.canonical_source == "applied":
+            return self._learn(after)
+        return None
+
+    def _learn(self, after: NftState) -> NftState:
+        """The owned tables as the kernel now lists them become the script's form (the apply's result)."""
+        if not self.committed_alone:
+            # another transaction came in between: take the form from a scratch namespace and compare
+            return NftState(dict(self.canonical(check_mode=False)), after.files)
+        state = self.current()
+        missing = [tb for tb in self.opts.tables if state.tables.get(tb) is None]
+        if missing:
+            raise VerifyError(f"nft -f succeeded, but the table(s) {', '.join(missing)} are not in the kernel afterwards")
+        self._pending_cache = (self._cache_key, {tb: state.tables[tb] for tb in self.opts.tables})
+        self.verified = "re-read"
+        return NftState(dict(state.tables), after.files)
 
     def verify(self, wanted: NftState) -> None:
+        if self.canonical_source == "applied" and self.verified == "re-read":
+            return  # read back by _learn, right after our one transaction
         if self.committed_alone and self.canonical_source == "cache":
             # our one transaction and nothing else was committed, and a live kernel read this script
             # back as the cached form on an earlier run: the owned tables are that form

@@ -275,7 +275,10 @@ tables:
   sample: [inet kubenode_firewall]
 canonical_source:
   description:
-    - Where the kernel's form of the desired script came from, V(cache) or V(scratch namespace).
+    - Where the kernel's form of the desired script came from. V(cache) means an earlier run remembered it.
+      V(scratch namespace) means it was loaded and listed in a throw-away network namespace. V(applied) means
+      the owned tables did not exist, so there was nothing to compare and the form was read back from the
+      kernel after the apply.
     - Null with O(state=absent) and O(confirm=true).
   returned: always
   type: str
