@@ -220,7 +220,8 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
         "(`canonical_cache: false`) puts every rule through the normaliser and reads the table back in full. "
         "Raw = `iptables-restore --noflush` of the same chain already in iptables-save's form / `iptables-save -t filter`.",
         "",
-        "| backend | N | raw restore | module apply | target (2x raw + 0.5 s) | | module apply, new rules | raw save | module no-op | target (2x raw + 0.5 s) | |",
+        "| backend | N | raw restore | module apply | target (2x raw + 0.5 s) | | module apply, new rules | raw save "
+        "| module no-op | target (2x raw + 0.5 s) | |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for backend in ("nft", "legacy"):

@@ -171,9 +171,11 @@ def bench_size(n: int, runs: int, workdir: Path, with_playbooks: bool) -> dict:
             samples["module_apply"] = samples["module_apply"][1:]
         for key, vals in samples.items():
             out[key] = {"wall": med(vals, "wall"), "cpu": med(vals, "cpu"), "rss": max(v["rss"] for v in vals)}
-        out["steps"] = {k: dict({s: statistics.median(t.get(s, 0.0) for t in v) for s in sorted({s for t in v for s in t})
-                                  if s != "verified"}, verified=sorted({str(t["verified"]) for t in v}))
-                        for k, v in steps.items()}
+        out["steps"] = {}
+        for kind, recs in steps.items():
+            names = sorted({name for rec in recs for name in rec if name != "verified"})
+            medians = {name: statistics.median(rec.get(name, 0.0) for rec in recs) for name in names}
+            out["steps"][kind] = dict(medians, verified=sorted({str(rec["verified"]) for rec in recs}))
 
         if with_playbooks:
             inv = workdir / f"inv-{n}.json"
