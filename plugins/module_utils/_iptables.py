@@ -519,6 +519,7 @@ class Ruleset(Backend):
         self._before: t.Dict[str, t.Any] = {}
         self.cache = CanonicalCache(CACHE_DIR, params.get("canonical_cache", True) is not False)
         self._pending_cache: t.List[t.Tuple[str, t.Dict[str, t.Any]]] = []
+        self._tool_ids: t.Dict[str, str] = {}
         self.read_generation: t.Callable[[], t.Optional[int]] = ruleset_generation
         self.committed_alone = False
         self.verified: t.Optional[str] = None
@@ -569,16 +570,20 @@ class Ruleset(Backend):
             state["files"] = self._wanted_files()
         return state
 
+    def _tool_identity(self, family: str) -> str:
+        """The installed restore program, which stands for iptables' version (its canonical spellings)."""
+        if family not in self._tool_ids:
+            prog = os.path.realpath(self.tools.prog(family, "-restore"))
+            try:
+                st = os.stat(prog)
+                self._tool_ids[family] = f"{prog} {st.st_size} {int(st.st_mtime)}"
+            except OSError:
+                self._tool_ids[family] = prog
+        return self._tool_ids[family]
+
     def _cache_key(self, s: ChainSpec) -> str:
-        # the installed restore program stands for iptables' version (its canonical spellings)
-        prog = os.path.realpath(self.tools.prog(s.family, "-restore"))
-        try:
-            st = os.stat(prog)
-            tool = f"{prog} {st.st_size} {int(st.st_mtime)}"
-        except OSError:
-            tool = prog
-        return CanonicalCache.key("iptables_ruleset", self.backend, tool, s.family, s.table, s.chain, s.jump_spec,
-                                  json.dumps(s.given, sort_keys=True))
+        return CanonicalCache.key("iptables_ruleset", self.backend, self._tool_identity(s.family), s.family, s.table,
+                                  s.chain, s.jump_spec, json.dumps(s.given, sort_keys=True))
 
     def _compile(self, s: ChainSpec, current: t.Optional[t.List[str]]) -> None:
         if s.state == "absent" or not self.cache.enabled:
