@@ -13,6 +13,7 @@ version, the package list and build.sh itself; each run boots a throwaway qcow2 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -65,13 +66,19 @@ def ensure_image() -> Path:
     if (img / "base.img").exists():
         return img
     img.parent.mkdir(parents=True, exist_ok=True)
-    # older images of other keys are stale: keep the cache to one image
-    for old in img.parent.glob("vm-*"):
-        if old != img and not old.name.startswith(img.name):
-            subprocess.run(["rm", "-rf", str(old)], check=False)
-    log(f"building the base image in {img} (about a minute)")
-    env = dict(os.environ, PACKAGES=PACKAGES, PYROUTE2=PYROUTE2)
-    subprocess.run(["bash", str(HERE / "build.sh"), str(img)], check=True, env=env)
+    # `make test` boots VMs from two tiers at once: one builds, the others wait for it (build.sh
+    # replaces the image directory, which must not happen under a VM already booted from it)
+    with open(img.parent / "build.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (img / "base.img").exists():
+            return img
+        # older images of other keys are stale: keep the cache to one image
+        for old in img.parent.glob("vm-*"):
+            if old != img and not old.name.startswith(img.name):
+                subprocess.run(["rm", "-rf", str(old)], check=False)
+        log(f"building the base image in {img} (about a minute)")
+        env = dict(os.environ, PACKAGES=PACKAGES, PYROUTE2=PYROUTE2)
+        subprocess.run(["bash", str(HERE / "build.sh"), str(img)], check=True, env=env)
     return img
 
 
@@ -214,10 +221,19 @@ class VM:
 def start(workdir: Path) -> VM:
     image = ensure_image()
     workdir.mkdir(parents=True, exist_ok=True)
-    vm = VM(image, workdir / "overlay.qcow2", free_port(), workdir)
-    vm.overlay.unlink(missing_ok=True)
-    vm.boot()
-    return vm
+    attempts = 3
+    while True:
+        vm = VM(image, workdir / "overlay.qcow2", free_port(), workdir)
+        vm.overlay.unlink(missing_ok=True)
+        try:
+            vm.boot()
+            return vm
+        except subprocess.CalledProcessError:
+            # QEMU refuses to start when another process took the forwarded port in the meantime
+            attempts -= 1
+            if not attempts:
+                raise
+            log("QEMU did not start; trying again on another port")
 
 
 def state_path(inventory: Path) -> Path:
