@@ -68,13 +68,14 @@ vm-down:
 # The vm tier (about 22 minutes, mostly waiting on the emulated guest: about one core of two) runs in
 # the background, in a process group of its own, while the other tiers run one after the other; its
 # output is printed when it ends. An interrupt reaches it as SIGINT, so its fixtures shut the VM down.
+# Each tier reads its own /dev/null: ssh makes its stdin non-blocking, and ansible refuses to run on one.
 test: deps
 	@rm -rf $(RESULTS); mkdir -p $(RESULTS); rc=0; \
 	echo "==== tier: vm (in the background; output in $(RESULTS)/vm.log, printed at the end) ===="; \
-	setsid $(MAKE) --no-print-directory vm > $(RESULTS)/vm.log 2>&1 & vmpid=$$!; \
+	setsid $(MAKE) --no-print-directory vm < /dev/null > $(RESULTS)/vm.log 2>&1 & vmpid=$$!; \
 	trap 'kill -INT -- -$$vmpid 2>/dev/null; wait $$vmpid; exit 130' INT TERM; \
 	for tier in sanity units netns lint molecule; do \
-	  echo "==== tier: $$tier ===="; $(MAKE) --no-print-directory $$tier || rc=1; \
+	  echo "==== tier: $$tier ===="; $(MAKE) --no-print-directory $$tier < /dev/null || rc=1; \
 	done; \
 	wait $$vmpid || rc=1; trap - INT TERM; \
 	echo "==== tier: vm ===="; cat $(RESULTS)/vm.log; \

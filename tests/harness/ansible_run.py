@@ -114,7 +114,8 @@ def playbook(
         argv += args or []
         e = env()
         e["KN_RECORD_FILE"] = str(record)
-        proc = subprocess.run(argv, capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout, check=False,
+                              stdin=subprocess.DEVNULL)
         return Run(proc.returncode, proc.stdout, proc.stderr, _collect(record))
 
 
@@ -128,5 +129,6 @@ def adhoc(inventory: str | Path, module: str, module_args: str | dict = "", patt
         e = env()
         e["KN_RECORD_FILE"] = str(record)
         e["ANSIBLE_LOAD_CALLBACK_PLUGINS"] = "1"
-        proc = subprocess.run(argv, capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=e, cwd=ROOT, timeout=timeout, check=False,
+                              stdin=subprocess.DEVNULL)
         return Run(proc.returncode, proc.stdout, proc.stderr, _collect(record))

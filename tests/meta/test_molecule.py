@@ -40,6 +40,6 @@ def test_molecule_scenario(role, scenario, groups):
     env["MOLECULE_NO_LOG"] = "false"
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "molecule"), "test", "-s", scenario],
-        cwd=role, capture_output=True, text=True, env=env, check=False, timeout=1800,
+        cwd=role, capture_output=True, text=True, env=env, check=False, timeout=1800, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]

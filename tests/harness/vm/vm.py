@@ -111,7 +111,9 @@ class VM:
         return ["ssh", "-p", str(self.port), "-i", str(self.key)] + SSH_OPTS + ["root@127.0.0.1"] + list(remote)
 
     def ssh(self, *remote: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(self.ssh_argv(*remote), capture_output=True, text=True, check=check, timeout=timeout)
+        # stdin of its own: ssh makes its stdin non-blocking, and a shared one would fail every later ansible
+        return subprocess.run(self.ssh_argv(*remote), capture_output=True, text=True, check=check, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
 
     def pid(self) -> int | None:
         try:
