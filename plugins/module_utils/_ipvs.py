@@ -4,7 +4,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """IPVS virtual services: the model, the kernel's netlink interface, the plan and the texts.
 
-The kernel is reached through the "IPVS" generic netlink family, which pyroute2 resolves.
+The kernel is reached through the "IPVS" generic netlink family, whose id the controller gives on
+one request (importing pyroute2 for that alone took 2.9 s on the emulated test VM, more than
+``ipvsadm -Sn`` needs to list 1,000 services; pyroute2 still reads kube-ipvs0's addresses).
 Requests and replies are packed here with ``struct`` and sent in batches, because pyroute2's
 per-request path (one request, one reply, each decoded through its generic NLA machinery)
 costs milliseconds per request: measured on the test VM, 7.5 ms per added service and 11.6 ms
@@ -30,6 +32,7 @@ import time
 import typing as t
 from dataclasses import dataclass, field, replace
 
+from ansible_collections.kubenode.dataplane.plugins.module_utils._argspec import SuboptionError, validate_list
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import DataplaneError
 
@@ -719,15 +722,6 @@ def decode_server(payload: bytes, service_family: str, with_stats: bool = True) 
     return rs, counters
 
 
-def _import_pyroute2() -> t.Any:
-    try:
-        from pyroute2.netlink.generic import GenericNetlinkSocket  # pylint: disable=import-outside-toplevel
-        from pyroute2.netlink.generic.ipvs import ipvsmsg  # pylint: disable=import-outside-toplevel
-    except ImportError as exc:
-        raise MissingLibrary(missing_pyroute2_message()) from exc
-    return GenericNetlinkSocket, ipvsmsg
-
-
 def missing_pyroute2_message() -> str:
     try:
         from ansible.module_utils.basic import missing_required_lib  # pylint: disable=import-outside-toplevel
@@ -742,17 +736,49 @@ def pyroute2_available() -> bool:
     return importlib.util.find_spec("pyroute2") is not None
 
 
-def resolve_family() -> int:
-    """The generic netlink id of the IPVS family. Resolving it loads ip_vs when it is not loaded."""
-    generic_socket, ipvsmsg = _import_pyroute2()
-    sock = generic_socket()
+GENL_ID_CTRL = 0x10  # the generic netlink controller, which knows every family's id
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_ID = 1
+CTRL_ATTR_FAMILY_NAME = 2
+
+
+def family_request(name: str, seq: int = 1) -> bytes:
+    """CTRL_CMD_GETFAMILY for one generic netlink family, by name."""
+    body = struct.pack("=BBH", CTRL_CMD_GETFAMILY, GENL_VERSION, 0) + _nla(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0")
+    return struct.pack("=IHHII", 16 + len(body), GENL_ID_CTRL, NLM_F_REQUEST, seq, 0) + body
+
+
+def parse_family_reply(data: bytes, name: str = "IPVS") -> int:
+    """The family id in the controller's reply, or IPVSError with the kernel's reason."""
+    if len(data) < 20:
+        raise IPVSError(f"generic netlink: a short reply ({len(data)} bytes) to the lookup of family {name!r}")
+    length, kind = struct.unpack_from("=IH", data)
+    if kind == NLMSG_ERROR:
+        code = -struct.unpack_from("=i", data, 16)[0]
+        raise IPVSError(f"{name} is not available in this kernel (generic netlink family {name!r} not found: "
+                        f"{os.strerror(code)})")
+    attrs = parse_attrs(data, 20, min(length, len(data)))
+    if CTRL_ATTR_FAMILY_ID not in attrs:
+        raise IPVSError(f"generic netlink: the controller's reply for family {name!r} holds no family id")
+    return _get_u16(attrs, CTRL_ATTR_FAMILY_ID)
+
+
+def resolve_family(sock: t.Optional[socket.socket] = None, name: str = "IPVS") -> int:
+    """The generic netlink id of the IPVS family, asked of the controller on one request.
+
+    When the family is not registered, the kernel loads its module (ip_vs) before it answers, as for
+    ``ipvsadm`` or pyroute2's ``GenericNetlinkSocket.bind``; on a kernel without it the answer is ENOENT.
+    """
+    own = sock is None
+    if sock is None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        sock.bind((0, 0))
     try:
-        sock.bind("IPVS", ipvsmsg)
-        return int(sock.prid)
-    except Exception as exc:  # pyroute2 raises NetlinkError (and others) of its own
-        raise IPVSError(f"IPVS is not available in this kernel (generic netlink family 'IPVS' not found: {exc})") from exc
+        sock.send(family_request(name))
+        return parse_family_reply(sock.recv(65536), name)
     finally:
-        sock.close()
+        if own:
+            sock.close()
 
 
 class RequestFailed(IPVSError):
@@ -787,7 +813,13 @@ class Netlink:
 
     @classmethod
     def open(cls) -> "Netlink":
-        return cls(resolve_family())
+        netlink = cls(0)
+        try:
+            netlink.family_id = resolve_family(netlink.sock)
+        except BaseException:
+            netlink.close()
+            raise
+        return netlink
 
     def close(self) -> None:
         self.sock.close()
@@ -1183,11 +1215,47 @@ class Spec:
         self.listed = set(self.services) | self.absent
 
 
+# The suboptions of ``services``, documented in the module; AnsibleModule gets the list without them
+# (see _argspec.py) and parse_spec checks them in one pass.
+REAL_SERVER_OPTIONS: t.Dict[str, t.Dict[str, t.Any]] = dict(
+    address=dict(type="str", required=True),
+    port=dict(type="int"),
+    weight=dict(type="int", default=1),
+    forwarding_method=dict(type="str", choices=["masquerade", "route", "tunnel"], default="route"),
+    upper_threshold=dict(type="int", default=0),
+    lower_threshold=dict(type="int", default=0),
+    tunnel_type=dict(type="str", choices=["ipip", "gue", "gre"]),
+    tunnel_port=dict(type="int"),
+    tunnel_checksum=dict(type="str", choices=["nocsum", "csum", "remcsum"]),
+)
+
+SERVICE_OPTIONS: t.Dict[str, t.Dict[str, t.Any]] = dict(
+    protocol=dict(type="str", choices=["tcp", "udp", "sctp"], default="tcp"),
+    address=dict(type="str"),
+    port=dict(type="int"),
+    fwmark=dict(type="int"),
+    family=dict(type="str", choices=["ipv4", "ipv6"]),
+    scheduler=dict(type="str", default="wlc"),
+    scheduler_flags=dict(type="list", elements="str", default=[],
+                         choices=["flag-1", "flag-2", "flag-3", "mh-fallback", "mh-port", "sh-fallback", "sh-port"]),
+    one_packet=dict(type="bool", default=False),
+    persistence_timeout=dict(type="int", default=0),
+    persistence_netmask=dict(type="str"),
+    persistence_engine=dict(type="str"),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    real_servers=dict(type="list", elements="dict", default=[], options=REAL_SERVER_OPTIONS),
+)
+
+
 def parse_spec(params: t.Mapping[str, t.Any]) -> Spec:
     services: t.Dict[ServiceKey, Service] = {}
     absent: t.Set[ServiceKey] = set()
     paths: t.Dict[ServiceKey, str] = {}
-    for index, item in enumerate(params.get("services") or []):
+    try:
+        items = validate_list(params.get("services"), SERVICE_OPTIONS, "services")
+    except SuboptionError as exc:
+        raise InputError(f"{exc}{UNCHANGED}") from None
+    for index, item in enumerate(items):
         svc, state = parse_service(item, index)
         if svc.key in paths:
             raise InputError(f"services[{index}] ({svc.label}) is the same service as {paths[svc.key]}{UNCHANGED}")
@@ -1540,7 +1608,10 @@ class ServicesBackend(Backend):
         todo = plan(before.services, after.services, drain=self.spec.drain) if changed else Plan()
         out: t.Dict[str, t.Any] = {
             "operations": [op.text() for op in todo.all()],
-            "services": [svc.as_dict() for svc in sort_services(after.services.values())],
+            # only what this run touched: the whole table at 10,000 services is megabytes per host and run,
+            # and most of a no-op's time on a slow node; ipvs_info returns all of it
+            "changed_services": [svc.as_dict() for svc in sort_services(
+                after.services[key] for key in {op.service.key for op in todo.all()} if key in after.services)],
             "ipvs_loaded": self.was_loaded,
             "kube_proxy_addresses": sorted(self.kube_addresses, key=_ip_sort_key),
             "drained": self.drained,

@@ -356,8 +356,12 @@ operations:
   type: list
   elements: str
   sample: ["-A -t 10.0.0.10:80 -s rr", "-a -t 10.0.0.10:80 -r 10.0.1.1:8080 -m -w 1", "-e -t 10.0.0.10:80 -r 10.0.1.2:8080 -m -w 3"]
-services:
-  description: The services in the task's scope after the run (in check mode, as they would be), sorted like C(ipvsadm -Ln).
+changed_services:
+  description:
+    - The services this run added or changed, as they are after it (in check mode, as they would be), sorted like
+      C(ipvsadm -Ln). Removed services and real servers are in RV(operations). Empty when nothing changed.
+    - Only what changed, so that a run over thousands of services does not send them all back each time;
+      M(kubenode.dataplane.ipvs_info) returns every service.
   returned: always
   type: list
   elements: dict
@@ -451,41 +455,13 @@ persist_files:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kubenode.dataplane.plugins.module_utils._argspec import deferred
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import run_module
-from ansible_collections.kubenode.dataplane.plugins.module_utils._ipvs import ServicesBackend
+from ansible_collections.kubenode.dataplane.plugins.module_utils._ipvs import SERVICE_OPTIONS, ServicesBackend
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import Runner
 
-REAL_SERVER = dict(
-    address=dict(type="str", required=True),
-    port=dict(type="int"),
-    weight=dict(type="int", default=1),
-    forwarding_method=dict(type="str", choices=["masquerade", "route", "tunnel"], default="route"),
-    upper_threshold=dict(type="int", default=0),
-    lower_threshold=dict(type="int", default=0),
-    tunnel_type=dict(type="str", choices=["ipip", "gue", "gre"]),
-    tunnel_port=dict(type="int"),
-    tunnel_checksum=dict(type="str", choices=["nocsum", "csum", "remcsum"]),
-)
-
-SERVICE = dict(
-    protocol=dict(type="str", choices=["tcp", "udp", "sctp"], default="tcp"),
-    address=dict(type="str"),
-    port=dict(type="int"),
-    fwmark=dict(type="int"),
-    family=dict(type="str", choices=["ipv4", "ipv6"]),
-    scheduler=dict(type="str", default="wlc"),
-    scheduler_flags=dict(type="list", elements="str", default=[],
-                         choices=["flag-1", "flag-2", "flag-3", "mh-fallback", "mh-port", "sh-fallback", "sh-port"]),
-    one_packet=dict(type="bool", default=False),
-    persistence_timeout=dict(type="int", default=0),
-    persistence_netmask=dict(type="str"),
-    persistence_engine=dict(type="str"),
-    state=dict(type="str", choices=["present", "absent"], default="present"),
-    real_servers=dict(type="list", elements="dict", default=[], options=REAL_SERVER),
-)
-
 ARGUMENT_SPEC = dict(
-    services=dict(type="list", elements="dict", default=[], options=SERVICE),
+    services=dict(type="list", elements="dict", default=[], options=SERVICE_OPTIONS),
     purge=dict(type="bool", default=False),
     purge_scope=dict(type="dict", options=dict(
         addresses=dict(type="list", elements="str", default=[]),
@@ -504,7 +480,8 @@ ARGUMENT_SPEC = dict(
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    # the services' suboptions are checked by the backend (_argspec.validate_list), with the same result
+    module = AnsibleModule(argument_spec=deferred(ARGUMENT_SPEC, "services"), supports_check_mode=True)
     run_module(module, lambda m: ServicesBackend(m, Runner(m), m.params))
 
 

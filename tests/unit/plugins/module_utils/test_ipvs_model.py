@@ -12,7 +12,11 @@ import yaml
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _ipvs as ipvs
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import converge
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import Runner
-from ansible_collections.kubenode.dataplane.plugins.modules.ipvs_services import ARGUMENT_SPEC
+from ansible_collections.kubenode.dataplane.plugins.module_utils._argspec import deferred
+from ansible_collections.kubenode.dataplane.plugins.modules.ipvs_services import ARGUMENT_SPEC as FULL_SPEC
+
+# what the module gives AnsibleModule: the services' suboptions are checked by parse_spec
+ARGUMENT_SPEC = deferred(FULL_SPEC, "services")
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ipvs"
 CASES = yaml.safe_load((FIXTURES / "plan_cases.yml").read_text())

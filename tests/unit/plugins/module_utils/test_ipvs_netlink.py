@@ -4,6 +4,7 @@ ipvsadm output of the same services (tests/unit/fixtures/ipvs/capture.sh made bo
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 from pathlib import Path
@@ -183,3 +184,42 @@ def test_ipv6_netmask_is_a_host_order_prefix_length():
                        persistence_netmask="64").normalised()
     attrs = ipvs.parse_attrs(ipvs.service_full_attrs(svc))
     assert struct.unpack("=I", attrs[ipvs.SVC_NETMASK])[0] == 64
+
+
+# ---- the family id, asked of this machine's real generic netlink controller (no IPVS in this kernel)
+@pytest.mark.parametrize("family", ["nlctrl", "ethtool", "TASKSTATS"])
+def test_family_ids_are_the_ones_pyroute2_resolves(family):
+    pytest.importorskip("pyroute2")
+    from pyroute2.netlink import genlmsg
+    from pyroute2.netlink.generic import GenericNetlinkSocket
+    sock = GenericNetlinkSocket()
+    try:
+        sock.bind(family, genlmsg)
+        expected = sock.prid
+    finally:
+        sock.close()
+    assert ipvs.resolve_family(name=family) == expected
+
+
+def test_a_kernel_without_ipvs_answers_enoent_in_one_sentence():
+    if os.path.exists("/proc/net/ip_vs"):
+        pytest.skip("this kernel has IPVS")
+    with pytest.raises(ipvs.IPVSError, match=r"^IPVS is not available in this kernel \(generic netlink family 'IPVS' "
+                                             r"not found: No such file or directory\)$"):
+        ipvs.resolve_family()
+
+
+def test_the_lookup_is_one_request_on_the_callers_socket():
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ipvs.NETLINK_GENERIC)
+    sock.bind((0, 0))
+    try:
+        assert ipvs.resolve_family(sock, name="nlctrl") == ipvs.GENL_ID_CTRL
+        assert sock.fileno() >= 0, "a socket the caller gave stays open"
+    finally:
+        sock.close()
+    request = ipvs.family_request("IPVS", seq=7)
+    length, kind, flags, seq, _pid = struct.unpack_from("=IHHII", request)
+    assert (length, kind, flags, seq) == (len(request), ipvs.GENL_ID_CTRL, ipvs.NLM_F_REQUEST, 7)
+    assert request[20:].startswith(struct.pack("=HH", 9, ipvs.CTRL_ATTR_FAMILY_NAME) + b"IPVS\0")
+    with pytest.raises(ipvs.IPVSError, match="short reply"):
+        ipvs.parse_family_reply(b"\0" * 8)
