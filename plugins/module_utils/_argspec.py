@@ -20,6 +20,7 @@ The modules document the suboptions as usual: the full argument spec stays in th
 from __future__ import annotations
 
 import typing as t
+from dataclasses import dataclass
 
 from ansible.module_utils.common.validation import (
     check_type_bool,
@@ -54,10 +55,48 @@ def deferred(argument_spec: t.Mapping[str, t.Any], *names: str) -> t.Dict[str, t
     return out
 
 
-def _default(spec: t.Mapping[str, t.Any]) -> t.Any:
-    value = spec.get("default")
-    # a fresh copy per element: defaults such as [] are mutable
-    return list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+# What each type's checker returns unchanged (its first test): those values skip the call. Thousands of
+# elements times a dozen options make the calls themselves count on a slow node.
+PLAIN: t.Dict[str, t.Tuple[type, ...]] = {"str": (str,), "int": (int,), "bool": (bool,), "list": (list,), "dict": (dict,)}
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str
+    wanted: str
+    checker: t.Callable[..., t.Any]
+    plain: t.Tuple[type, ...]
+    default: t.Any
+    required: bool
+    choices: t.Optional[t.Tuple[t.Any, ...]]
+    elements: t.Optional[str]
+    nested: t.Optional[t.Mapping[str, t.Mapping[str, t.Any]]]
+
+    def fresh_default(self) -> t.Any:
+        # a copy per element: defaults such as [] are mutable
+        value = self.default
+        return list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+
+
+_COMPILED: t.Dict[int, t.Tuple[t.Mapping[str, t.Any], t.List[_Option]]] = {}
+
+
+def _compile(options: t.Mapping[str, t.Mapping[str, t.Any]]) -> t.List[_Option]:
+    found = _COMPILED.get(id(options))
+    if found is not None and found[0] is options:
+        return found[1]
+    compiled = []
+    for name, spec in options.items():
+        wanted = spec.get("type", "str")
+        if wanted not in CHECKERS or spec.get("elements", "str") not in CHECKERS:
+            raise ValueError(f"{name}: type {wanted} (elements {spec.get('elements')}) is not handled here")
+        choices = spec.get("choices")
+        compiled.append(_Option(
+            name=name, wanted=wanted, checker=CHECKERS[wanted], plain=PLAIN[wanted], default=spec.get("default"),
+            required=bool(spec.get("required")), choices=tuple(choices) if choices is not None else None,
+            elements=spec.get("elements"), nested=spec.get("options")))
+    _COMPILED[id(options)] = (options, compiled)
+    return compiled
 
 
 def _check_choices(value: t.Any, choices: t.Sequence[t.Any], where: str) -> None:
@@ -70,23 +109,17 @@ def _check_choices(value: t.Any, choices: t.Sequence[t.Any], where: str) -> None
         raise SuboptionError(f"{where}: must be one of {', '.join(map(str, choices))}; got {value}")
 
 
-def _typed(name: str, value: t.Any, spec: t.Mapping[str, t.Any], where: str) -> t.Any:
-    wanted = spec.get("type", "str")
+def _typed(option: _Option, value: t.Any, where: str) -> t.Any:
     try:
-        checker = CHECKERS[wanted]
-    except KeyError:
-        raise ValueError(f"{where}: type {wanted} is not handled here") from None
-    try:
-        value = checker(value, param=name) if wanted == "str" else checker(value)
-        elements = spec.get("elements")
-        if elements:
-            element_checker = CHECKERS[elements]
-            if elements == "str":
-                value = [element_checker(item, param=name) for item in value]
-            else:
-                value = [element_checker(item) for item in value]
+        if not isinstance(value, option.plain):
+            value = option.checker(value, param=option.name) if option.wanted == "str" else option.checker(value)
+        if option.elements:
+            plain = PLAIN[option.elements]
+            checker = CHECKERS[option.elements]
+            kwargs = {"param": option.name} if option.elements == "str" else {}
+            value = [item if isinstance(item, plain) else checker(item, **kwargs) for item in value]
     except (TypeError, ValueError) as exc:
-        raise SuboptionError(f"{where}: {exc}") from None
+        raise SuboptionError(f"{where}.{option.name}: {exc}") from None
     return value
 
 
@@ -99,30 +132,30 @@ def validate_dict(params: t.Any, options: t.Mapping[str, t.Mapping[str, t.Any]],
         raise SuboptionError(f"{where}: unsupported option {', '.join(sorted(map(str, unknown)))} "
                              f"(supported: {', '.join(sorted(options))})")
     out: t.Dict[str, t.Any] = {}
-    for name, spec in options.items():
-        path = f"{where}.{name}"
+    for option in _compile(options):
+        name = option.name
         if name in params:
             value = params[name]
             given = True
         else:
-            value = _default(spec)
+            value = option.fresh_default()
             given = value is not None
-            if not given and spec.get("required"):
-                raise SuboptionError(f"{path}: missing, and it is required")
-        if not given or (value is None and not spec.get("required") and spec.get("default") is None):
+            if not given and option.required:
+                raise SuboptionError(f"{where}.{name}: missing, and it is required")
+        if not given or (value is None and not option.required and option.default is None):
             # Ansible types nothing here, but still holds an explicit null against the choices
-            if given and spec.get("choices") is not None:
-                _check_choices(value, spec["choices"], path)
+            if given and option.choices is not None:
+                _check_choices(value, option.choices, f"{where}.{name}")
             out[name] = value
             continue
-        value = _typed(name, value, spec, path)
-        if spec.get("choices") is not None:
-            _check_choices(value, spec["choices"], path)
-        if spec.get("options") is not None and value is not None:
-            if spec.get("type") == "list":
-                value = validate_list(value, spec["options"], path)
+        value = _typed(option, value, where)
+        if option.choices is not None:
+            _check_choices(value, option.choices, f"{where}.{name}")
+        if option.nested is not None and value is not None:
+            if option.wanted == "list":
+                value = validate_list(value, option.nested, f"{where}.{name}")
             else:
-                value = validate_dict(value, spec["options"], path)
+                value = validate_dict(value, option.nested, f"{where}.{name}")
         out[name] = value
     return out
 
