@@ -40,6 +40,8 @@ COLLECTIONS = ROOT / "build" / "collections"
 BIN = Path(sys.executable).parent
 CHAIN = "KUBENODE-BENCH"
 MODULE = ROOT / "plugins" / "modules" / "iptables_ruleset.py"
+# a module that only takes the same arguments and exits: what any module pays before its own work
+FLOOR = ROOT / "tests" / "bench" / "library" / "kn_bench_floor.py"
 
 
 def spec(i: int) -> str:
@@ -94,8 +96,8 @@ class Bench:
         path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
         return path
 
-    def module(self, args: Path) -> tuple[float, dict]:
-        took, proc = self.run([sys.executable, str(MODULE), str(args)])
+    def module(self, args: Path, path: Path = MODULE) -> tuple[float, dict]:
+        took, proc = self.run([sys.executable, str(path), str(args)])
         result = json.loads(proc.stdout)
         if result.get("failed"):
             raise RuntimeError(result.get("msg"))
@@ -126,7 +128,7 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
         row: dict = {}
         text = b.restore_text(n)
         for backend in ("nft", "legacy"):
-            raw_r, raw_s, mod_a, mod_n, mod_c = [], [], [], [], []
+            raw_r, raw_s, mod_a, mod_n, mod_c, floor = [], [], [], [], [], []
             args, cold = b.module_args(n, backend), b.module_args(n, backend, cache=False)
             # one apply first, so that the rules are remembered (as after any earlier run of the same input)
             b.clean(backend)
@@ -148,9 +150,12 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
                 took, result = b.module(args)
                 assert result["changed"] is False
                 mod_n.append(took)
+                took, result = b.module(args, FLOOR)
+                assert result["changed"] is False
+                floor.append(took)
             b.clean(backend)
             row[backend] = {"raw_restore": median(raw_r), "raw_save": median(raw_s), "module_apply": median(mod_a),
-                            "module_noop": median(mod_n), "module_apply_cold": median(mod_c)}
+                            "module_noop": median(mod_n), "module_apply_cold": median(mod_c), "floor": median(floor)}
             log(f"N={n} {backend}: {row[backend]}")
         # the peers and the module through ansible-playbook (nft: the backend the iptables command selects)
         rules_file = b.tmp / f"rules-{n}.v4"
@@ -220,9 +225,13 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
         "(`canonical_cache: false`) puts every rule through the normaliser and reads the table back in full. "
         "Raw = `iptables-restore --noflush` of the same chain already in iptables-save's form / `iptables-save -t filter`.",
         "",
+        "*Ansible floor* = a module that takes the same arguments and exits at once (tests/bench/library/kn_bench_floor.py): "
+        "Python start, Ansible's imports, reading the N rules and echoing them back in `invocation`. Every module pays it "
+        "before its own work.",
+        "",
         "| backend | N | raw restore | module apply | target (2x raw + 0.5 s) | | module apply, new rules | raw save "
-        "| module no-op | target (2x raw + 0.5 s) | |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
+        "| module no-op | target (2x raw + 0.5 s) | | Ansible floor |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|",
     ]
     for backend in ("nft", "legacy"):
         for n in sizes:
@@ -232,7 +241,7 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
                 f"| {backend} | {n:,} | {r['raw_restore']:.2f} s | {r['module_apply']:.2f} s | {ta:.2f} s | "
                 f"{'met' if r['module_apply'] <= ta else 'MISSED'} | {r.get('module_apply_cold', float('nan')):.2f} s | "
                 f"{r['raw_save']:.2f} s | {r['module_noop']:.2f} s | "
-                f"{tn:.2f} s | {'met' if r['module_noop'] <= tn else 'MISSED'} |")
+                f"{tn:.2f} s | {'met' if r['module_noop'] <= tn else 'MISSED'} | {r.get('floor', float('nan')):.2f} s |")
     loop_n = res["loop_rules"]
     per_rule_a, per_rule_n = res["loop"]["apply"] / loop_n, res["loop"]["noop"] / loop_n
     lines += [
@@ -275,6 +284,17 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
         ok_n = all(res["n"][n][backend]["module_noop"] <= 2 * res["n"][n][backend]["raw_save"] + 0.5 for n in sizes)
         lines.append(f"- {backend}: module apply <= 2x raw restore + 0.5 s at every N: {'met' if ok_a else 'MISSED (see the table)'}; "
                      f"no-op <= 2x raw save + 0.5 s: {'met' if ok_n else 'MISSED (see the table)'}.")
+        for n in sizes:
+            r = res["n"][n][backend]
+            if "floor" not in r:
+                continue
+            ta, tn = 2 * r["raw_restore"] + 0.5, 2 * r["raw_save"] + 0.5
+            if r["module_apply"] > ta or r["module_noop"] > tn:
+                lines.append(
+                    f"  - {backend} at {n:,}: the Ansible floor alone is {r['floor']:.2f} s. Beyond it the no-op does "
+                    f"{r['module_noop'] - r['floor']:.2f} s of its own (the read is {r['raw_save']:.2f} s of it) against "
+                    f"{tn - r['floor']:.2f} s left by the target, the apply {r['module_apply'] - r['floor']:.2f} s "
+                    f"(the restore is {r['raw_restore']:.2f} s of it) against {ta - r['floor']:.2f} s.")
     lines.append("")
     return "\n".join(lines)
 

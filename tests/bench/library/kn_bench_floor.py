@@ -4,8 +4,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Benchmarks only, never shipped: what any Ansible module pays before and after its own work.
 
-It takes the same arguments as the module it stands next to (a list of dicts, here IPVS services,
-not checked further) and exits at once with an empty result of the same shape. Timed on the node
+It takes the same arguments as the module it stands next to (ipvs_services' services, or
+iptables_ruleset's chains and options; the lists of dicts not checked further) and exits at once
+with an empty result. Timed on the node
 like the module, its run is AnsiballZ's unpacking, Python's start, Ansible's imports, reading and
 copying the arguments, and writing the result with the arguments echoed back (``invocation``).
 """
@@ -16,9 +17,16 @@ from ansible.module_utils.basic import AnsibleModule
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec={"services": {"type": "list", "elements": "dict", "default": []}},
-                           supports_check_mode=True)
-    module.exit_json(changed=False, operations=[], changed_services=[])
+    module = AnsibleModule(
+        argument_spec={
+            "services": {"type": "list", "elements": "dict", "default": []},
+            "chains": {"type": "list", "elements": "dict", "default": []},
+            "backend": {"type": "str"},
+            "canonical_cache": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    module.exit_json(changed=False)
 
 
 if __name__ == "__main__":
