@@ -70,6 +70,8 @@ class _Option:
     required: bool
     choices: t.Optional[t.Tuple[t.Any, ...]]
     elements: t.Optional[str]
+    element_checker: t.Optional[t.Callable[..., t.Any]]
+    element_plain: t.Tuple[type, ...]
     nested: t.Optional[t.Mapping[str, t.Mapping[str, t.Any]]]
 
     def fresh_default(self) -> t.Any:
@@ -94,7 +96,8 @@ def _compile(options: t.Mapping[str, t.Mapping[str, t.Any]]) -> t.List[_Option]:
         compiled.append(_Option(
             name=name, wanted=wanted, checker=CHECKERS[wanted], plain=PLAIN[wanted], default=spec.get("default"),
             required=bool(spec.get("required")), choices=tuple(choices) if choices is not None else None,
-            elements=spec.get("elements"), nested=spec.get("options")))
+            elements=spec.get("elements"), element_checker=CHECKERS.get(spec.get("elements", "")),
+            element_plain=PLAIN.get(spec.get("elements", ""), ()), nested=spec.get("options")))
     _COMPILED[id(options)] = (options, compiled)
     return compiled
 
@@ -114,8 +117,7 @@ def _typed(option: _Option, value: t.Any, where: str) -> t.Any:
         if not isinstance(value, option.plain):
             value = option.checker(value, param=option.name) if option.wanted == "str" else option.checker(value)
         if option.elements:
-            plain = PLAIN[option.elements]
-            checker = CHECKERS[option.elements]
+            plain, checker = option.element_plain, option.element_checker
             kwargs = {"param": option.name} if option.elements == "str" else {}
             value = [item if isinstance(item, plain) else checker(item, **kwargs) for item in value]
     except (TypeError, ValueError) as exc:
