@@ -19,8 +19,6 @@ import typing as t
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables_rules import schema
-
 MODULE = "kubenode.dataplane.iptables_ruleset"
 
 
@@ -49,6 +47,8 @@ def schema_errors(args: t.Mapping[str, t.Any]) -> t.List[str]:
         import jsonschema
     except ImportError:
         return ["$.chains: rules given as data need the Python library jsonschema on the controller"]
+    # imported here, not at the top: a play that gives no rules as data does not load the rule model at all
+    from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables_rules import schema
     full = schema()
     errors = []
     envelope = dict(args)

@@ -953,9 +953,11 @@ def schema() -> t.Dict[str, t.Any]:
                     "table": {"enum": list(TABLES)},
                     "ip_version": {"enum": list(FAMILIES)},
                     "state": {"enum": ["present", "absent"]},
-                    "rules": {"type": "array", "items": {
-                        "if": {"type": "object"}, "then": {"$ref": "#/$defs/rule"},
-                        "else": {"type": "string", "minLength": 1}}},
+                    "rules": {"oneOf": [
+                        {"type": "array", "items": {
+                            "if": {"type": "object"}, "then": {"$ref": "#/$defs/rule"},
+                            "else": {"type": "string", "minLength": 1}}},
+                        {"type": "string", "description": "one rule spec per line; blank lines and # comments skipped"}]},
                     "jump_from": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
                     "jump_position": {"type": "integer", "not": {"const": 0}},
                     "jump_spec": {"type": "string"},

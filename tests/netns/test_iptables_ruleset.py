@@ -43,22 +43,31 @@ def test_idempotent_at_10_and_10000_rules(backend, netns_pair, playbook, tmp_pat
     seed_foreign(h1, backend)
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"small": many_rules(10), "big": many_rules(10000)}))
+    # the same rules as one text, one per line, with a comment and a blank line; the last one left out
+    as_text = tmp_path / "allow.rules"
+    as_text.write_text("# allow list\n\n" + "\n".join(many_rules(10000)[:-1]) + "\n")
+    text_rules = "{{ lookup('ansible.builtin.file', '%s') }}" % as_text
     chain = {"chain": "KUBENODE-MANY", "jump_from": ["INPUT"], "jump_position": 2}
     run = playbook(play([
         task("10 rules", {"backend": backend, "chains": [dict(chain, rules="{{ small }}")]}),
         task("10 rules again", {"backend": backend, "chains": [dict(chain, rules="{{ small }}")]}),
         task("10000 rules", {"backend": backend, "chains": [dict(chain, rules="{{ big }}")]}),
         task("10000 rules again", {"backend": backend, "chains": [dict(chain, rules="{{ big }}")]}),
+        task("9999 rules as a text", {"backend": backend, "chains": [dict(chain, rules=text_rules)]}),
+        task("9999 rules as a text again", {"backend": backend, "chains": [dict(chain, rules=text_rules)]}),
     ], vars_files=[str(rules)]), inv)
     assert run.rc == 0, run.explain()
     changed = {name: run.task(name)["result"]["changed"] for name in
-               ("10 rules", "10 rules again", "10000 rules", "10000 rules again")}
-    assert changed == {"10 rules": True, "10 rules again": False, "10000 rules": True, "10000 rules again": False}
+               ("10 rules", "10 rules again", "10000 rules", "10000 rules again", "9999 rules as a text",
+                "9999 rules as a text again")}
+    assert changed == {"10 rules": True, "10 rules again": False, "10000 rules": True, "10000 rules again": False,
+                       "9999 rules as a text": True, "9999 rules as a text again": False}
+    assert run.task("9999 rules as a text")["result"]["chains"][0]["rules"] == 9999
     text = save(h1, backend)
     lines = chain_lines(text, "KUBENODE-MANY")
-    assert len(lines) == 10000
+    assert len(lines) == 9999
     assert lines[0] == "-A KUBENODE-MANY -s 10.0.0.0/32 -p tcp -m tcp --dport 1 -j ACCEPT"
-    assert lines[-1] == "-A KUBENODE-MANY -s 10.0.39.15/32 -p tcp -m tcp --dport 10000 -j ACCEPT"
+    assert lines[-1] == "-A KUBENODE-MANY -s 10.0.39.14/32 -p tcp -m tcp --dport 9999 -j ACCEPT"
     # position 2 among INPUT's rules, after Calico's jump and before kube-proxy's
     assert [ln for ln in text.splitlines() if ln.startswith("-A INPUT ")][:3] == [
         '-A INPUT -m comment --comment "cali:Cz_u1IQiXIMmKD4c" -j cali-INPUT',
