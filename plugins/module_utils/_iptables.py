@@ -735,9 +735,11 @@ class Ruleset(Backend):
         """
         argv = self.tools.restore_argv(family)
         if self.backend == "legacy":
-            saved = self.runner.run([self.tools.prog(family, "-save"), "-c", "-t", table],
-                                    what=f"reading the {family} {table} counters").out
-            policies = [ln for ln in saved.split("\n") if ln.startswith(":") and " - " not in ln]
+            saved = save(self.tools, family, ["-c", "-t", table], f"reading the {family} {table} counters")
+            # the chain declarations come first: the rules after them need not be split into lines
+            first_rule = saved.find("\n-A ")
+            declarations = saved if first_rule < 0 else saved[:first_rule]
+            policies = [ln for ln in declarations.split("\n") if ln.startswith(":") and " - " not in ln]
             head = f"*{table}\n"
             text = text.replace(head, head + "".join(p + "\n" for p in policies), 1)
             origin = origin[:1] + [""] * len(policies) + origin[1:]
