@@ -178,6 +178,15 @@ class Saved:
         self.rules: t.Dict[str, t.List[str]] = {}  # chain -> rule text after "-A CHAIN "
         self.counts: t.Dict[str, int] = {}
 
+    def declare(self, line: str) -> None:
+        """A chain declaration line (``:NAME POLICY [p:b]``): a built-in chain's policy or a user chain."""
+        name, _sp, rest = line[1:].partition(" ")
+        policy = rest.split(" ", 1)[0]
+        if policy == "-":
+            self.declared.append(name)
+        else:
+            self.policies[name] = policy
+
 
 def parse_save(text: str, keep: t.Optional[t.Collection[str]] = None) -> t.Dict[str, Saved]:
     """Tables of an iptables-save output; rule texts are kept only for ``keep`` chains (all if None)."""
@@ -193,14 +202,8 @@ def parse_save(text: str, keep: t.Optional[t.Collection[str]] = None) -> t.Dict[
                 cur.rules.setdefault(chain, []).append(line[sp + 1:].rstrip() if sp > 0 else "")
             cur.counts[chain] = cur.counts.get(chain, 0) + 1
         elif line.startswith(":"):
-            if cur is None:
-                continue
-            name, _sp, rest = line[1:].partition(" ")
-            policy = rest.split(" ", 1)[0]
-            if policy == "-":
-                cur.declared.append(name)
-            else:
-                cur.policies[name] = policy
+            if cur is not None:
+                cur.declare(line)
         elif line.startswith("*"):
             cur = tables.setdefault(line[1:].strip(), Saved())
     return tables
@@ -227,12 +230,7 @@ def parse_kept(text: str, keep: t.Collection[str]) -> t.Dict[str, Saved]:
         saved = tables.setdefault(name[1:].strip(), Saved())
         for line in decl.split("\n"):
             if line.startswith(":"):
-                chain, _sp, rest = line[1:].partition(" ")
-                policy = rest.split(" ", 1)[0]
-                if policy == "-":
-                    saved.declared.append(chain)
-                else:
-                    saved.policies[chain] = policy
+                saved.declare(line)
         for chain in keep:
             prefix = f"-A {chain} "
             count = block.count("\n" + prefix)

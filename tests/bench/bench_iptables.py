@@ -206,6 +206,10 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
                            "text_noop": median(tx_n), "state_apply": median(st_a), "state_noop": median(st_n)}
         log(f"N={n} playbook: {row['playbook']}")
         res["n"][n] = row
+    # what any one task costs through ansible-playbook: controller start, a connection, a module that does nothing
+    ping = [b.playbook([{"name": "ping", "ansible.builtin.ping": {}}])[0] for _run in range(playbook_runs)]
+    res["ping"] = median(ping)
+    log(f"one ping task: {res['ping']}")
     # ansible.builtin.iptables, one task per rule, as users write it
     loop_task = {"name": "builtin loop", "ansible.builtin.iptables": {
         "chain": CHAIN, "chain_management": True, "source": "{{ item.s }}", "protocol": "tcp",
@@ -321,6 +325,14 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
                      + ("met." if not slower else f"MISSED ({', '.join(s.replace('noop', 'no-op') for s in slower)})."))
     lines.append("  iptables_state also flushes the whole filter table on every run, other owners' rules and counters "
                  "included; the module writes nothing on the no-op run.")
+    if "ping" in res:
+        ping = res["ping"]
+        lines.append(f"  A play of one `ansible.builtin.ping` task takes {ping:.2f} s here: what any task costs before its own "
+                     "work. Above it, per N (apply / no-op): " + "; ".join(
+                         f"{n:,}: module with text +{res['n'][n]['playbook']['text_apply'] - ping:.2f} s / "
+                         f"+{res['n'][n]['playbook']['text_noop'] - ping:.2f} s, iptables_state "
+                         f"+{res['n'][n]['playbook']['state_apply'] - ping:.2f} s / "
+                         f"+{res['n'][n]['playbook']['state_noop'] - ping:.2f} s" for n in sizes) + ".")
     for backend in ("nft", "legacy"):
         for form, a_key, n_key in (("list", "module_apply", "module_noop"), ("text", "text_apply", "text_noop")):
             ok_a = all(res["n"][n][backend][a_key] <= 2 * res["n"][n][backend]["raw_restore"] + 0.5 for n in sizes)
