@@ -414,17 +414,14 @@ class ChainSpec:
         self.table: str = params.get("table") or "filter"
         self.family: str = params.get("ip_version") or "ipv4"
         self.state: str = params.get("state") or "present"
-        self.given: t.List[t.Any] = []
+        rules = params.get("rules")
+        self.given: t.List[t.Any] = list(rules) if isinstance(rules, list) else []
         # rules given as text: the line number of each rule in ``given`` (None for a list)
         self.lines: t.Optional[t.List[int]] = None
-        rules = params.get("rules")
         if isinstance(rules, str):
             self.given, self.lines = rules_from_text(rules)
-        elif isinstance(rules, list):
-            self.given = list(rules)
-        elif rules is not None:
-            raise IptablesError(f"{self.where}.rules: the rules are a list (rule specs or rules as data) or a text "
-                                f"of one rule spec per line, not {type(rules).__name__}; nothing was changed")
+        # what check() refuses: rules that are neither a list nor a text
+        self.rules_type = None if rules is None or isinstance(rules, (list, str)) else type(rules).__name__
         jump_from = params.get("jump_from") or []
         self.jump_from: t.List[str] = [jump_from] if isinstance(jump_from, str) else list(jump_from)
         self.jump_position: int = int(params.get("jump_position") if params.get("jump_position") is not None else 1)
@@ -453,6 +450,9 @@ class ChainSpec:
             raise IptablesError(f"{w}.table: '{self.table}' is not one of {', '.join(TABLES)}; nothing was changed")
         if self.family not in FAMILIES:
             raise IptablesError(f"{w}.ip_version: '{self.family}' is not ipv4 or ipv6; nothing was changed")
+        if self.rules_type:
+            raise IptablesError(f"{w}.rules: the rules are a list (rule specs or rules as data) or a text of one rule "
+                                f"spec per line, not {self.rules_type}; nothing was changed")
         builtins = TABLES[self.table]
         if self.chain in builtins or self.chain in ("ACCEPT", "DROP", "RETURN", "QUEUE", "REJECT", "LOG"):
             raise IptablesError(f"{w}.chain: {self.chain} is a built-in chain or target and cannot be owned; "
