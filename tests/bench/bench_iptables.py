@@ -50,6 +50,11 @@ def spec(i: int) -> str:
     return f"-s 10.{i // 65536}.{(i // 256) % 256}.{i % 256} -p tcp --dport {1 + i % 60000} -j ACCEPT"
 
 
+def rules_text(n: int) -> str:
+    """The N rules as one text, one spec per line: the form that Ansible passes as one string."""
+    return "\n".join(spec(i) for i in range(n)) + "\n"
+
+
 def canonical(i: int) -> str:
     return f"-s 10.{i // 65536}.{(i // 256) % 256}.{i % 256}/32 -p tcp -m tcp --dport {1 + i % 60000} -j ACCEPT"
 
@@ -92,9 +97,7 @@ class Bench:
 
     def module_args(self, n: int, backend: str, check: bool = False, cache: bool = True, text: bool = False) -> Path:
         path = self.tmp / f"args-{n}-{backend}-{cache}-{text}.json"
-        rules: t.Any = [spec(i) for i in range(n)]
-        if text:
-            rules = "\n".join(rules) + "\n"
+        rules: t.Any = rules_text(n) if text else [spec(i) for i in range(n)]
         args = {"chains": [{"chain": CHAIN, "jump_from": ["INPUT"], "rules": rules}],
                 "backend": backend, "_ansible_check_mode": check, "canonical_cache": cache}
         path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
@@ -181,7 +184,7 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
         vars_file.write_text(json.dumps({"rules": [spec(i) for i in range(n)]}))
         # the text form as users would keep it: a file next to the playbook, read with the file lookup
         text_file = b.tmp / f"allow-{n}.rules"
-        text_file.write_text("\n".join(spec(i) for i in range(n)) + "\n")
+        text_file.write_text(rules_text(n))
         module_task = {"name": "owned chain", "kubenode.dataplane.iptables_ruleset": {
             "backend": "nft", "chains": [{"chain": CHAIN, "jump_from": ["INPUT"], "rules": "{{ rules }}"}]}}
         text_task = {"name": "owned chain, text", "kubenode.dataplane.iptables_ruleset": {
