@@ -19,20 +19,7 @@ import re
 import socket
 import typing as t
 
-FAMILIES = ("ipv4", "ipv6")
-TABLES: t.Dict[str, t.Tuple[str, ...]] = {
-    "filter": ("INPUT", "FORWARD", "OUTPUT"),
-    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
-    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
-    "raw": ("PREROUTING", "OUTPUT"),
-}
-# chain names the collection may own: iptables allows 28 characters; the set is kept to what
-# is also valid in a systemd unit name, which the persisted chains need
-CHAIN_RE = re.compile(r"^[A-Za-z0-9_.-]{1,28}$")
-# prefixes of chains that belong to kube-proxy, CNIs, Docker and host firewalls
-FOREIGN_PREFIXES = ("KUBE-", "cali-", "DOCKER", "CILIUM_", "CILIUM-", "FLANNEL", "WEAVE", "ufw-", "ufw6-", "f2b-",
-                    "FORWARD_", "INPUT_", "OUTPUT_", "PREROUTING_", "POSTROUTING_", "IN_", "FWD_", "LIBVIRT_",
-                    "ANTREA", "KUBE_", "felix-")
+from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables_names import CHAIN_RE, FAMILIES, TABLES
 
 
 class SpecError(ValueError):

@@ -155,7 +155,8 @@ left_behind:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import run_module
-from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables import IptablesError, NetnsLock, Selection
+from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables import IptablesError, NetnsLock
+from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables_backend import Selection
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import Runner
 
 

@@ -3,6 +3,9 @@ the exact commands (argv lists) and the exact iptables-restore input, against ca
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +139,19 @@ def test_parse_kept_falls_back_where_the_chain_is_not_one_block(text):
 
 def test_rules_from_text_skips_blank_lines_and_comments_and_keeps_line_numbers():
     assert ipt.rules_from_text("# head\n-i lo -j ACCEPT\n\n  -j DROP  \n  # tail") == (["-i lo -j ACCEPT", "-j DROP"], [2, 4])
+
+
+def test_the_normaliser_is_loaded_only_when_a_rule_is_normalised():
+    # a run whose rules all come from the cache never compiles _iptables_rules on the host
+    code = "\n".join([
+        "import sys",
+        "from ansible_collections.kubenode.dataplane.plugins.module_utils import _iptables as ipt",
+        "name = 'ansible_collections.kubenode.dataplane.plugins.module_utils._iptables_rules'",
+        "print(name in sys.modules)",
+        "spec = ipt.ChainSpec(0, {'chain': 'KUBENODE-X', 'rules': ['-p tcp --dport ssh -j ACCEPT']})",
+        "spec.compile('nft', None)",
+        "print(name in sys.modules, spec.rules)",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))).stdout
+    assert out.splitlines() == ["False", "True ['-p tcp -m tcp --dport 22 -j ACCEPT']"]
