@@ -74,8 +74,29 @@ class Bench:
                         ANSIBLE_CONFIG=str(tmp / "none.cfg"), PYTHONPATH=str(COLLECTIONS),
                         PATH=f"{BIN}:{os.environ.get('PATH', '')}")
 
+        # more nodes for the fleet comparison: one play over several hosts, as operators run it
+        self.fleet: list[str] = []
+        self.fleet_inventory = tmp / "fleet.json"
+
+    def make_fleet(self, hosts: int) -> None:
+        for i in range(hosts - 1):
+            ns = f"{self.ns}f{i}"
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+            self.fleet.append(ns)
+        self.fleet_inventory.write_text(json.dumps({"all": {"hosts": {
+            ns: {"ansible_connection": "kubenode.dataplane.netns", "ansible_netns_name": ns,
+                 "ansible_python_interpreter": sys.executable} for ns in [self.ns] + self.fleet}}}))
+
     def close(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.ns], check=False)
+        for ns in [self.ns] + self.fleet:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+    def clean_fleet(self) -> None:
+        for ns in [self.ns] + self.fleet:
+            for flag in ("-F", "-X"):
+                subprocess.run(["ip", "netns", "exec", ns, "iptables-nft", "-w", "-t", "filter", flag],
+                               capture_output=True, check=False)
 
     def run(self, argv: list[str], data: str | None = None, check: bool = True) -> tuple[float, subprocess.CompletedProcess]:
         start = time.perf_counter()
@@ -110,14 +131,15 @@ class Bench:
             raise RuntimeError(result.get("msg"))
         return took, result
 
-    def playbook(self, tasks: list, vars_file: Path | None = None) -> tuple[float, str]:
-        play = [{"hosts": "bench", "gather_facts": False, "tasks": tasks}]
+    def playbook(self, tasks: list, vars_file: Path | None = None, fleet: bool = False) -> tuple[float, str]:
+        play = [{"hosts": "all", "gather_facts": False, "tasks": tasks}]
         if vars_file:
             play[0]["vars_files"] = [str(vars_file)]
         path = self.tmp / "play.json"
         path.write_text(json.dumps(play))
         start = time.perf_counter()
-        proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(self.inventory), str(path)], env=self.env,
+        inventory = self.fleet_inventory if fleet else self.inventory
+        proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(path)], env=self.env,
                               capture_output=True, text=True, check=False)
         took = time.perf_counter() - start
         if proc.returncode != 0:
@@ -129,8 +151,12 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playbook_runs: int) -> dict:
-    res: dict = {"sizes": sizes, "runs": runs, "playbook_runs": playbook_runs, "loop_rules": loop_rules, "n": {}}
+def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playbook_runs: int,
+            fleet_hosts: int = 1) -> dict:
+    res: dict = {"sizes": sizes, "runs": runs, "playbook_runs": playbook_runs, "loop_rules": loop_rules,
+                 "fleet_hosts": fleet_hosts, "n": {}}
+    if fleet_hosts > 1:
+        b.make_fleet(fleet_hosts)
     for n in sizes:
         row: dict = {}
         text = b.restore_text(n)
@@ -208,6 +234,17 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
         row["playbook"] = {"module_apply": median(pb_a), "module_noop": median(pb_n), "text_apply": median(tx_a),
                            "text_noop": median(tx_n), "state_apply": median(st_a), "state_noop": median(st_n)}
         log(f"N={n} playbook: {row['playbook']}")
+        if fleet_hosts > 1 and n < 100000:
+            # one play over several nodes: Ansible builds each module once per run, every node runs it
+            fl = {"text_apply": [], "text_noop": [], "state_apply": [], "state_noop": []}
+            for _run in range(playbook_runs):
+                for name, task in (("text", text_task), ("state", state_task)):
+                    b.clean_fleet()
+                    fl[f"{name}_apply"].append(b.playbook([task], fleet=True)[0])
+                    fl[f"{name}_noop"].append(b.playbook([task], fleet=True)[0])
+            b.clean_fleet()
+            row["fleet"] = {k: median(v) for k, v in fl.items()}
+            log(f"N={n} fleet of {fleet_hosts}: {row['fleet']}")
         res["n"][n] = row
     # what any one task costs through ansible-playbook: controller start, a connection, a module that does nothing
     ping = [b.playbook([{"name": "ping", "ansible.builtin.ping": {}}])[0] for _run in range(playbook_runs)]
@@ -314,6 +351,25 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
             f"{p['text_noop']:.2f} s | {p['state_apply']:.2f} s | {p['state_noop']:.2f} s | {loop_a} | {loop_nn} | "
             f"{vs_loop} | {p['state_apply'] / p['module_apply']:.2f}x / {p['state_noop'] / p['module_noop']:.2f}x | "
             f"{p['state_apply'] / p['text_apply']:.2f}x / {p['state_noop'] / p['text_noop']:.2f}x |")
+    fleet = [n for n in sizes if "fleet" in res["n"][n]]
+    if fleet:
+        k = res["fleet_hosts"]
+        lines += [
+            "",
+            f"### One play over {k} nodes",
+            "",
+            f"The same tasks in one `ansible-playbook` run against {k} network namespaces at once (forks 5), as operators "
+            "run a role over their nodes: Ansible builds a module's payload once per run, and every node runs it. "
+            "The module gets its rules as a text.",
+            "",
+            "| N | module apply | module no-op | iptables_state apply | iptables_state no-op | vs iptables_state (apply / no-op) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n in fleet:
+            f = res["n"][n]["fleet"]
+            lines.append(f"| {n:,} | {f['text_apply']:.2f} s | {f['text_noop']:.2f} s | {f['state_apply']:.2f} s | "
+                         f"{f['state_noop']:.2f} s | {f['state_apply'] / f['text_apply']:.2f}x / "
+                         f"{f['state_noop'] / f['text_noop']:.2f}x |")
     lines += ["", "## Targets", ""]
     p1 = res["n"][1000]["playbook"] if 1000 in res["n"] else None
     if p1:
@@ -326,6 +382,11 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
                   if res["n"][n]["playbook"][f"{key}_{run}"] >= res["n"][n]["playbook"][f"state_{run}"]]
         lines.append(f"- Faster than `community.general.iptables_state` at every N, both runs, rules as a {form}: "
                      + ("met." if not slower else f"MISSED ({', '.join(s.replace('noop', 'no-op') for s in slower)})."))
+    if fleet:
+        slower = [f"{n:,} {label}" for n in fleet for run, label in (("apply", "apply"), ("noop", "no-op"))
+                  if res["n"][n]["fleet"][f"text_{run}"] >= res["n"][n]["fleet"][f"state_{run}"]]
+        lines.append(f"  Over {res['fleet_hosts']} nodes in one play, rules as a text: "
+                     + ("faster at every N measured, both runs." if not slower else f"slower at {', '.join(slower)}."))
     lines.append("  iptables_state also flushes the whole filter table on every run, other owners' rules and counters "
                  "included; the module writes nothing on the no-op run.")
     if "ping" in res:
@@ -368,6 +429,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--loop-rules", type=int, default=100)
     parser.add_argument("--playbook-runs", type=int, default=5, help="runs of the ansible-playbook comparisons below 100,000 rules")
+    parser.add_argument("--fleet-hosts", type=int, default=4,
+                        help="nodes of the one-play fleet comparison below 100,000 rules (1: none)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance" / "iptables.md")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -383,12 +446,12 @@ def main() -> int:
         b = Bench(Path(tmp))
         try:
             res = measure(b, sizes, args.runs, args.loop_rules, lambda m: print(m, file=sys.stderr, flush=True),
-                          args.playbook_runs)
+                          args.playbook_runs, args.fleet_hosts)
         finally:
             b.close()
     ended = machine()
     command = (f"{sys.executable} tests/bench/bench_iptables.py --runs {args.runs} --sizes {args.sizes} "
-               f"--loop-rules {args.loop_rules} --playbook-runs {args.playbook_runs}")
+               f"--loop-rules {args.loop_rules} --playbook-runs {args.playbook_runs} --fleet-hosts {args.fleet_hosts}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report(res, started, ended, command))
     raw = ROOT / "build" / "bench" / "iptables.json"
