@@ -218,7 +218,13 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
                                           "rules": "{{ lookup('ansible.builtin.file', '%s') }}" % text_file}]}}
         state_task = {"name": "iptables_state", "community.general.iptables_state": {
             "state": "restored", "path": str(rules_file), "table": "filter"}}
-        pb_a, pb_n, tx_a, tx_n, st_a, st_n = [], [], [], [], [], []
+        # as iptables_state is deployed: the rules file copied to the node first (it is not there on a new node)
+        node_file = b.tmp / f"node-rules-{n}.v4"
+        copy_tasks = [{"name": "rules file", "ansible.builtin.copy": {"src": str(rules_file), "dest": str(node_file),
+                                                                      "mode": "0600"}},
+                      dict(state_task, **{"community.general.iptables_state": dict(
+                          state_task["community.general.iptables_state"], path=str(node_file))})]
+        pb_a, pb_n, tx_a, tx_n, st_a, st_n, cp_a, cp_n = [], [], [], [], [], [], [], []
         # runs of a whole ansible-playbook vary more (controller start): more of them below 100,000 rules
         for _run in range(playbook_runs if n < 100000 else runs):
             b.clean("nft")
@@ -230,9 +236,14 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
             b.clean("nft")
             st_a.append(b.playbook([state_task])[0])
             st_n.append(b.playbook([state_task])[0])
+            b.clean("nft")
+            node_file.unlink(missing_ok=True)
+            cp_a.append(b.playbook(copy_tasks)[0])
+            cp_n.append(b.playbook(copy_tasks)[0])
         b.clean("nft")
         row["playbook"] = {"module_apply": median(pb_a), "module_noop": median(pb_n), "text_apply": median(tx_a),
-                           "text_noop": median(tx_n), "state_apply": median(st_a), "state_noop": median(st_n)}
+                           "text_noop": median(tx_n), "state_apply": median(st_a), "state_noop": median(st_n),
+                           "copy_state_apply": median(cp_a), "copy_state_noop": median(cp_n)}
         log(f"N={n} playbook: {row['playbook']}")
         if fleet_hosts > 1 and n < 100000:
             # one play over several nodes: Ansible builds each module once per run, every node runs it
@@ -351,6 +362,25 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
             f"{p['text_noop']:.2f} s | {p['state_apply']:.2f} s | {p['state_noop']:.2f} s | {loop_a} | {loop_nn} | "
             f"{vs_loop} | {p['state_apply'] / p['module_apply']:.2f}x / {p['state_noop'] / p['module_noop']:.2f}x | "
             f"{p['state_apply'] / p['text_apply']:.2f}x / {p['state_noop'] / p['text_noop']:.2f}x |")
+    copied = [n for n in sizes if "copy_state_apply" in res["n"][n]["playbook"]]
+    if copied:
+        lines += [
+            "",
+            "### iptables_state as it is deployed",
+            "",
+            "iptables_state restores a file that must be on the node. Above, the file was put there beforehand, for free. "
+            "Here the play copies it first with `ansible.builtin.copy` (a new file on the apply run, an unchanged one on the "
+            "no-op run), then restores it: two tasks, the way it is used.",
+            "",
+            "| N | module apply, text | module no-op, text | copy + iptables_state apply | copy + iptables_state no-op | "
+            "vs copy + iptables_state (apply / no-op) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n in copied:
+            p = res["n"][n]["playbook"]
+            lines.append(f"| {n:,} | {p['text_apply']:.2f} s | {p['text_noop']:.2f} s | {p['copy_state_apply']:.2f} s | "
+                         f"{p['copy_state_noop']:.2f} s | {p['copy_state_apply'] / p['text_apply']:.2f}x / "
+                         f"{p['copy_state_noop'] / p['text_noop']:.2f}x |")
     fleet = [n for n in sizes if "fleet" in res["n"][n]]
     if fleet:
         k = res["fleet_hosts"]
@@ -382,6 +412,11 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
                   if res["n"][n]["playbook"][f"{key}_{run}"] >= res["n"][n]["playbook"][f"state_{run}"]]
         lines.append(f"- Faster than `community.general.iptables_state` at every N, both runs, rules as a {form}: "
                      + ("met." if not slower else f"MISSED ({', '.join(s.replace('noop', 'no-op') for s in slower)})."))
+    if copied:
+        slower = [f"{n:,} {label}" for n in copied for run, label in (("apply", "apply"), ("noop", "no-op"))
+                  if res["n"][n]["playbook"][f"text_{run}"] >= res["n"][n]["playbook"][f"copy_state_{run}"]]
+        lines.append("  Against iptables_state with the copy of its file (as it is deployed), rules as a text: "
+                     + ("faster at every N, both runs." if not slower else f"slower at {', '.join(slower)}."))
     if fleet:
         slower = [f"{n:,} {label}" for n in fleet for run, label in (("apply", "apply"), ("noop", "no-op"))
                   if res["n"][n]["fleet"][f"text_{run}"] >= res["n"][n]["fleet"][f"state_{run}"]]
