@@ -428,10 +428,10 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
         ping = res["ping"]
         lines.append(f"  A play of one `ansible.builtin.ping` task takes {ping:.2f} s here: what any task costs before its own "
                      "work. Above it, per N (apply / no-op): " + "; ".join(
-                         f"{n:,}: module with text +{res['n'][n]['playbook']['text_apply'] - ping:.2f} s / "
-                         f"+{res['n'][n]['playbook']['text_noop'] - ping:.2f} s, iptables_state "
-                         f"+{res['n'][n]['playbook']['state_apply'] - ping:.2f} s / "
-                         f"+{res['n'][n]['playbook']['state_noop'] - ping:.2f} s" for n in sizes) + ".")
+                         f"{n:,}: module with text {res['n'][n]['playbook']['text_apply'] - ping:+.2f} s / "
+                         f"{res['n'][n]['playbook']['text_noop'] - ping:+.2f} s, iptables_state "
+                         f"{res['n'][n]['playbook']['state_apply'] - ping:+.2f} s / "
+                         f"{res['n'][n]['playbook']['state_noop'] - ping:+.2f} s" for n in sizes) + ".")
     for backend in ("nft", "legacy"):
         for form, a_key, n_key in (("list", "module_apply", "module_noop"), ("text", "text_apply", "text_noop")):
             ok_a = all(res["n"][n][backend][a_key] <= 2 * res["n"][n][backend]["raw_restore"] + 0.5 for n in sizes)
