@@ -278,6 +278,19 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
     return res
 
 
+def vs_row(n: int, r: dict, mine: str, peer: str) -> str:
+    """A table row: the module's apply and no-op (keys ``mine_apply``/``mine_noop``), the peer's, and the ratios."""
+    return (f"| {n:,} | {r[mine + '_apply']:.2f} s | {r[mine + '_noop']:.2f} s | {r[peer + '_apply']:.2f} s | "
+            f"{r[peer + '_noop']:.2f} s | {r[peer + '_apply'] / r[mine + '_apply']:.2f}x / "
+            f"{r[peer + '_noop'] / r[mine + '_noop']:.2f}x |")
+
+
+def slower_at(rows: dict, mine: str, peer: str) -> list:
+    """'N apply' / 'N no-op' wherever the module is not faster than the peer."""
+    return [f"{n:,} {label}" for n, r in rows.items() for run, label in (("apply", "apply"), ("noop", "no-op"))
+            if r[f"{mine}_{run}"] >= r[f"{peer}_{run}"]]
+
+
 def report(res: dict, started: dict, ended: dict, command: str) -> str:
     sizes = res["sizes"]
     lines = [
@@ -376,11 +389,7 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
             "vs copy + iptables_state (apply / no-op) |",
             "|---:|---:|---:|---:|---:|---:|",
         ]
-        for n in copied:
-            p = res["n"][n]["playbook"]
-            lines.append(f"| {n:,} | {p['text_apply']:.2f} s | {p['text_noop']:.2f} s | {p['copy_state_apply']:.2f} s | "
-                         f"{p['copy_state_noop']:.2f} s | {p['copy_state_apply'] / p['text_apply']:.2f}x / "
-                         f"{p['copy_state_noop'] / p['text_noop']:.2f}x |")
+        lines += [vs_row(n, res["n"][n]["playbook"], "text", "copy_state") for n in copied]
     fleet = [n for n in sizes if "fleet" in res["n"][n]]
     if fleet:
         k = res["fleet_hosts"]
@@ -395,11 +404,7 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
             "| N | module apply | module no-op | iptables_state apply | iptables_state no-op | vs iptables_state (apply / no-op) |",
             "|---:|---:|---:|---:|---:|---:|",
         ]
-        for n in fleet:
-            f = res["n"][n]["fleet"]
-            lines.append(f"| {n:,} | {f['text_apply']:.2f} s | {f['text_noop']:.2f} s | {f['state_apply']:.2f} s | "
-                         f"{f['state_noop']:.2f} s | {f['state_apply'] / f['text_apply']:.2f}x / "
-                         f"{f['state_noop'] / f['text_noop']:.2f}x |")
+        lines += [vs_row(n, res["n"][n]["fleet"], "text", "state") for n in fleet]
     lines += ["", "## Targets", ""]
     p1 = res["n"][1000]["playbook"] if 1000 in res["n"] else None
     if p1:
@@ -408,18 +413,15 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
                      f"{ra:.0f}x and {rn:.0f}x with the list (against the extrapolated loop) - "
                      f"{'met' if min(ra, rn) >= 100 else 'MISSED'}.")
     for form, key in (("list", "module"), ("text", "text")):
-        slower = [f"{n:,} {run}" for n in sizes for run in ("apply", "noop")
-                  if res["n"][n]["playbook"][f"{key}_{run}"] >= res["n"][n]["playbook"][f"state_{run}"]]
+        slower = slower_at({n: res["n"][n]["playbook"] for n in sizes}, key, "state")
         lines.append(f"- Faster than `community.general.iptables_state` at every N, both runs, rules as a {form}: "
-                     + ("met." if not slower else f"MISSED ({', '.join(s.replace('noop', 'no-op') for s in slower)})."))
+                     + ("met." if not slower else f"MISSED ({', '.join(slower)})."))
     if copied:
-        slower = [f"{n:,} {label}" for n in copied for run, label in (("apply", "apply"), ("noop", "no-op"))
-                  if res["n"][n]["playbook"][f"text_{run}"] >= res["n"][n]["playbook"][f"copy_state_{run}"]]
+        slower = slower_at({n: res["n"][n]["playbook"] for n in copied}, "text", "copy_state")
         lines.append("  Against iptables_state with the copy of its file (as it is deployed), rules as a text: "
                      + ("faster at every N, both runs." if not slower else f"slower at {', '.join(slower)}."))
     if fleet:
-        slower = [f"{n:,} {label}" for n in fleet for run, label in (("apply", "apply"), ("noop", "no-op"))
-                  if res["n"][n]["fleet"][f"text_{run}"] >= res["n"][n]["fleet"][f"state_{run}"]]
+        slower = slower_at({n: res["n"][n]["fleet"] for n in fleet}, "text", "state")
         lines.append(f"  Over {res['fleet_hosts']} nodes in one play, rules as a text: "
                      + ("faster at every N measured, both runs." if not slower else f"slower at {', '.join(slower)}."))
     lines.append("  iptables_state also flushes the whole filter table on every run, other owners' rules and counters "
