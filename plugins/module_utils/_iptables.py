@@ -436,7 +436,7 @@ class ChainSpec:
 
     def compile(self, backend: str, current: t.Optional[t.List[str]]) -> None:
         """Canonical text of every rule; a rule written exactly as the kernel prints it is taken as it is."""
-        # the normaliser is loaded here only: a run whose rules all come from the cache never loads it
+        # imported here, not at the top: a run whose rules all come from the cache never loads the normaliser
         from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables_rules import (
             SpecError, normalise, split_words, structured_words,
         )
