@@ -15,7 +15,7 @@ import fnmatch
 import os
 import typing as t
 
-from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend
+from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend, converge
 from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables import (
     BACKENDS, FAMILIES, KUBELET_HINTS, TABLES, IptablesError, Ruleset, Tools, alternatives_dirs, jump_target, parse_save,
     read_all, selected,
@@ -75,6 +75,11 @@ class Selection(Backend):
         self.left: t.Dict[str, t.Any] = {}
         self._before_owned: t.Dict[str, t.List[t.Tuple[str, str, str]]] = {}
 
+    @property
+    def other(self) -> str:
+        """The backend that is not the one asked for."""
+        return "legacy" if self.want == "nft" else "nft"
+
     def _owned(self, inv: t.Mapping[str, t.Any]) -> t.List[t.Tuple[str, str, str]]:
         out = []
         for family, tables in inv.items():
@@ -112,24 +117,22 @@ class Selection(Backend):
         self._before_owned = before["owned"]
         if not self.want:
             return before
-        other = "legacy" if self.want == "nft" else "nft"
         owned = {b: list(v) for b, v in before["owned"].items()}
         if self.migrate:
-            owned[self.want] = sorted(set(owned[self.want]) | set(owned[other]))
-            owned[other] = []
+            owned[self.want] = sorted(set(owned[self.want]) | set(owned[self.other]))
+            owned[self.other] = []
         return {"selected": self.want, "owned": owned}
 
     def validate(self, after: t.Dict[str, t.Any]) -> None:
-        other = "legacy" if self.want == "nft" else "nft"
         if self.want not in self.report["installed"]:
             raise IptablesError(f"the {self.want} iptables backend is not installed on this host; nothing was changed")
         switching = self.report["selected"] != self.want
-        if switching and other in self.report["rules_in"] and not self.migrate:
+        if switching and self.other in self.report["rules_in"] and not self.migrate:
             raise IptablesError(
-                f"refusing to switch the iptables command from {other} to {self.want}: the {other} backend still holds "
-                f"rules ({_summary(self.report['backends'][other])}), which kube-proxy and the CNI would no longer see "
+                f"refusing to switch the iptables command from {self.other} to {self.want}: the {self.other} backend still holds "
+                f"rules ({_summary(self.report['backends'][self.other])}), which kube-proxy and the CNI would no longer see "
                 "and which would keep filtering traffic; set migrate=true to move the collection's own chains "
-                f"({', '.join(self.patterns)}) and switch anyway, or clean the {other} backend first; nothing was changed")
+                f"({', '.join(self.patterns)}) and switch anyway, or clean the {self.other} backend first; nothing was changed")
         if switching and self.runner.which("update-alternatives", required=False) is None:
             raise IptablesError("this host has no update-alternatives (Debian/Ubuntu) to select the iptables backend "
                                 "with; nothing was changed")
@@ -145,15 +148,13 @@ class Selection(Backend):
             self._migration(family, table).validate_move()
 
     def _moves(self, after: t.Mapping[str, t.Any]) -> t.List[t.Tuple[str, str, str]]:
-        other = "legacy" if self.want == "nft" else "nft"
         if not self.migrate:
             return []
-        return [o for o in after["owned"][self.want] if o in self._before_owned.get(other, [])]
+        return [o for o in after["owned"][self.want] if o in self._before_owned.get(self.other, [])]
 
     def _migration(self, family: str, table: str) -> "_Move":
-        other = "legacy" if self.want == "nft" else "nft"
-        chains = [c for f, tb, c in self._before_owned[other] if f == family and tb == table]
-        return _Move(self, family, table, chains, self.tools[other], self.tools[self.want])
+        chains = [c for f, tb, c in self._before_owned[self.other] if f == family and tb == table]
+        return _Move(self, family, table, chains, self.tools[self.other], self.tools[self.want])
 
     def apply(self, before: t.Dict[str, t.Any], after: t.Dict[str, t.Any]) -> None:
         done = set()
@@ -173,9 +174,8 @@ class Selection(Backend):
                     continue
                 self.runner.run([ua] + dirs + ["--set", name, _alternative_for(alt, self.want)],
                                 what=f"selecting the {self.want} backend for {name}")
-        other = "legacy" if self.want == "nft" else "nft"
         if self.moved:
-            self.left = public_inventory(inventory(self.tools[other]), nonempty=True)
+            self.left = public_inventory(inventory(self.tools[self.other]), nonempty=True)
 
     def render(self, state: t.Mapping[str, t.Any]) -> str:
         lines = [f"iptables command: {state['selected']}"]
@@ -192,11 +192,10 @@ class Selection(Backend):
         res = dict(self.report)
         if self.want:
             res["selected"] = after["selected"]
-        other = "legacy" if self.want == "nft" else "nft"
         res["migrated"] = self.moved if not self.module.check_mode else [
             f"{f} {tb} {c}" for f, tb, c in self._moves(after)]
         if self.migrate and self.want:
-            res["left_behind"] = self.left if self.moved else public_inventory(self.inv.get(other, {}), nonempty=True)
+            res["left_behind"] = self.left if self.moved else public_inventory(self.inv.get(self.other, {}), nonempty=True)
         return res
 
 
@@ -252,7 +251,6 @@ class _Move:
             rs.validate(after)
 
     def run(self) -> None:
-        from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import converge
         specs = self._specs()
         converge(self._ruleset(self.dst, specs), False, False)
         for s in specs:
