@@ -86,17 +86,14 @@ class Bench:
             self.fleet.append(ns)
         self.fleet_inventory.write_text(json.dumps({"all": {"hosts": {
             ns: {"ansible_connection": "kubenode.dataplane.netns", "ansible_netns_name": ns,
-                 "ansible_python_interpreter": sys.executable} for ns in [self.ns] + self.fleet}}}))
+                 "ansible_python_interpreter": sys.executable} for ns in self.namespaces(fleet=True)}}}))
+
+    def namespaces(self, fleet: bool) -> list[str]:
+        return [self.ns] + (self.fleet if fleet else [])
 
     def close(self) -> None:
-        for ns in [self.ns] + self.fleet:
+        for ns in self.namespaces(fleet=True):
             subprocess.run(["ip", "netns", "del", ns], check=False)
-
-    def clean_fleet(self) -> None:
-        for ns in [self.ns] + self.fleet:
-            for flag in ("-F", "-X"):
-                subprocess.run(["ip", "netns", "exec", ns, "iptables-nft", "-w", "-t", "filter", flag],
-                               capture_output=True, check=False)
 
     def run(self, argv: list[str], data: str | None = None, check: bool = True) -> tuple[float, subprocess.CompletedProcess]:
         start = time.perf_counter()
@@ -107,10 +104,12 @@ class Bench:
             raise RuntimeError(f"{argv[:3]} failed: {proc.stderr[-2000:]}{proc.stdout[-2000:]}")
         return took, proc
 
-    def clean(self, backend: str) -> None:
-        for table in ("filter",):
-            self.run([f"iptables-{backend}", "-w", "-t", table, "-F"], check=False)
-            self.run([f"iptables-{backend}", "-w", "-t", table, "-X"], check=False)
+    def clean(self, backend: str, fleet: bool = False) -> None:
+        """Flush and delete the filter table's chains on the bench node (and, with ``fleet``, on the others)."""
+        for ns in self.namespaces(fleet):
+            for flag in ("-F", "-X"):
+                subprocess.run(["ip", "netns", "exec", ns, f"iptables-{backend}", "-w", "-t", "filter", flag],
+                               capture_output=True, check=False)
 
     def restore_text(self, n: int) -> str:
         lines = ["*filter", f":{CHAIN} - [0:0]"] + [f"-A {CHAIN} {canonical(i)}" for i in range(n)]
@@ -250,10 +249,10 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
             fl = {"text_apply": [], "text_noop": [], "state_apply": [], "state_noop": []}
             for _run in range(playbook_runs):
                 for name, task in (("text", text_task), ("state", state_task)):
-                    b.clean_fleet()
+                    b.clean("nft", fleet=True)
                     fl[f"{name}_apply"].append(b.playbook([task], fleet=True)[0])
                     fl[f"{name}_noop"].append(b.playbook([task], fleet=True)[0])
-            b.clean_fleet()
+            b.clean("nft", fleet=True)
             row["fleet"] = {k: median(v) for k, v in fl.items()}
             log(f"N={n} fleet of {fleet_hosts}: {row['fleet']}")
         res["n"][n] = row
