@@ -130,6 +130,35 @@ class Bench:
             raise RuntimeError(result.get("msg"))
         return took, result
 
+    def payloads(self, modules: dict, runs: int) -> dict:
+        """Each module's payload, built as Ansible's controller builds it, then run on the bench node.
+
+        ``modules`` maps a name to (FQCN, literal arguments). The builds are timed in
+        tests/bench/payload.py's own process (``NAME_build``); on the node a payload runs after a flush
+        (``NAME_apply``) and once more (``NAME_noop``), the modules interleaved. Medians of ``runs``.
+        """
+        spec = self.tmp / "payloads.json"
+        spec.write_text(json.dumps({name: {"module": fqcn, "args": args} for name, (fqcn, args) in modules.items()}))
+        out = self.tmp / "payloads"
+        out.mkdir(exist_ok=True)
+        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "bench" / "payload.py"), str(spec), str(out), str(runs)],
+                              env=self.env, capture_output=True, text=True, check=True)
+        built = json.loads(proc.stdout)
+        res: dict = {f"{name}_build": b["build"] for name, b in built.items()}
+        res.update({f"{name}_size": b["size"] for name, b in built.items()})
+        took: dict = {}
+        for _run in range(runs):
+            for name in modules:
+                self.clean("nft")
+                for run in ("apply", "noop"):
+                    seconds, proc = self.run([sys.executable, str(out / f"{name}.py")])
+                    if json.loads(proc.stdout).get("failed"):
+                        raise RuntimeError(f"{name} payload: {proc.stdout[-2000:]}")
+                    took.setdefault(f"{name}_{run}", []).append(seconds)
+        self.clean("nft")
+        res.update({k: median(v) for k, v in took.items()})
+        return res
+
     def playbook(self, tasks: list, vars_file: Path | None = None, fleet: bool = False) -> tuple[float, str]:
         play = [{"hosts": "all", "gather_facts": False, "tasks": tasks}]
         if vars_file:
@@ -255,6 +284,14 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
             b.clean("nft", fleet=True)
             row["fleet"] = {k: median(v) for k, v in fl.items()}
             log(f"N={n} fleet of {fleet_hosts}: {row['fleet']}")
+        if n < 100000:
+            # the one-task play taken apart: the payload built on the controller, then run on the node
+            module = text_task["kubenode.dataplane.iptables_ruleset"]
+            row["payload"] = b.payloads({
+                "module": ("kubenode.dataplane.iptables_ruleset", dict(module, chains=[dict(module["chains"][0], rules=rules_text(n))])),
+                "state": ("community.general.iptables_state", state_task["community.general.iptables_state"]),
+                "ping": ("ansible.builtin.ping", {})}, playbook_runs)
+            log(f"N={n} payloads: {row['payload']}")
         res["n"][n] = row
     # what any one task costs through ansible-playbook: controller start, a connection, a module that does nothing
     ping = [b.playbook([{"name": "ping", "ansible.builtin.ping": {}}])[0] for _run in range(playbook_runs)]
@@ -404,6 +441,30 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
             "|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [vs_row(n, res["n"][n]["fleet"], "text", "state") for n in fleet]
+    parts = [n for n in sizes if "payload" in res["n"][n]]
+    if parts:
+        lines += [
+            "",
+            "### A one-task play taken apart",
+            "",
+            "The two parts of a one-task play that depend on the module, each measured on its own and the modules "
+            "interleaved, which varies much less than whole `ansible-playbook` runs. *Build*: ansible-core's "
+            "`modify_module()` making the payload on the controller, once per module and run (it parses the source "
+            "of every module_utils file the module imports, zips them and embeds the arguments; "
+            "`tests/bench/payload.py`). *On the node*: that payload run in the namespace as Ansible runs it, after a "
+            "flush (apply) and again (no-op). The module gets its rules as a text; `ansible.builtin.ping` shows what "
+            "any module costs.",
+            "",
+            "| N | build: module / iptables_state / ping | payload size: module / iptables_state | "
+            "on the node, apply: module / iptables_state | on the node, no-op: module / iptables_state | ping on the node |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n in parts:
+            q = res["n"][n]["payload"]
+            lines.append(f"| {n:,} | {q['module_build']:.3f} / {q['state_build']:.3f} / {q['ping_build']:.3f} s | "
+                         f"{q['module_size'] / 1000:.0f} / {q['state_size'] / 1000:.0f} KB | "
+                         f"{q['module_apply']:.3f} / {q['state_apply']:.3f} s | {q['module_noop']:.3f} / {q['state_noop']:.3f} s | "
+                         f"{q['ping_apply']:.3f} s |")
     lines += ["", "## Targets", ""]
     p1 = res["n"][1000]["playbook"] if 1000 in res["n"] else None
     if p1:
@@ -423,6 +484,12 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
         slower = slower_at({n: res["n"][n]["fleet"] for n in fleet}, "text", "state")
         lines.append(f"  Over {res['fleet_hosts']} nodes in one play, rules as a text: "
                      + ("faster at every N measured, both runs." if not slower else f"slower at {', '.join(slower)}."))
+    for n in parts:
+        q = res["n"][n]["payload"]
+        lines.append(f"  At {n:,} rules, taken apart: building the module's payload costs {q['module_build'] - q['state_build']:+.3f} s "
+                     f"against iptables_state's, once per play; on the node the module's payload takes "
+                     f"{q['module_apply'] - q['state_apply']:+.3f} s (apply) and {q['module_noop'] - q['state_noop']:+.3f} s "
+                     "(no-op) against iptables_state's, on every node.")
     lines.append("  iptables_state also flushes the whole filter table on every run, other owners' rules and counters "
                  "included; the module writes nothing on the no-op run.")
     if "ping" in res:
