@@ -17,6 +17,10 @@ description:
   - Used by the collection's test hosts, and useful for routers, demos and labs.
   - The controller must run as root (or have C(CAP_SYS_ADMIN)) to enter a namespace.
     Privilege escalation is not supported by this plugin.
+  - Commands get the controller's environment without C(PYTHONUNBUFFERED), as a remote host would not
+    have it. That variable (common on CI machines and in containers) makes Python read a program from
+    standard input one byte per system call, which with pipelining is how a module arrives (about 0.5 s
+    more for a module of 600 KB with its arguments).
 author:
   - kubenode.dataplane maintainers (@kubenode)
 version_added: 0.1.0
@@ -112,6 +116,7 @@ class Connection(LocalConnection):
         proc = subprocess.Popen(
             [to_bytes(a, errors="surrogate_or_strict") for a in argv],
             cwd=self.cwd,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

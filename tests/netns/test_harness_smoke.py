@@ -75,6 +75,18 @@ def test_ping_module_through_netns_connection(netns_pair, adhoc):
     assert sorted(r["result"]["ping"] for r in run.results) == ["pong", "pong"]
 
 
+def test_commands_get_the_controller_environment_without_pythonunbuffered(netns_pair, adhoc, monkeypatch):
+    # PYTHONUNBUFFERED makes the node's Python read a pipelined module one byte per read(2)
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    monkeypatch.setenv("KN_SMOKE_MARK", "kept")
+    run = adhoc(netns_pair[1], "ansible.builtin.command", "env")
+    assert run.rc == 0, run.explain()
+    for r in run.results:
+        names = dict(line.split("=", 1) for line in r["result"]["stdout_lines"] if "=" in line)
+        assert names.get("KN_SMOKE_MARK") == "kept", names
+        assert "PYTHONUNBUFFERED" not in names, names
+
+
 def test_missing_namespace_is_a_clear_error(tmp_path, adhoc):
     inv = tmp_path / "inv.yml"
     inv.write_text('{"all": {"hosts": {"ghost": {"ansible_connection": "kubenode.dataplane.netns", '
