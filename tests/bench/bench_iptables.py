@@ -16,6 +16,8 @@ tools with the legacy backend too). Each figure is the median of --runs runs, ta
 - ansible.builtin.iptables loop: one task per rule; measured at --loop-rules (default 100) and scaled
   per rule to 1,000, because the real loop would take several minutes per run.
 - community.general.iptables_state: state=restored of a file with the filter table holding the chain.
+- a one-task play taken apart (below 100,000 rules): each module's payload built as ansible-core's
+  controller builds it (tests/bench/payload.py), then that payload run on the node.
 
 Writes docs/performance/iptables.md.
 """
