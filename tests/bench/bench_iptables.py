@@ -453,7 +453,7 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
             "interleaved, which varies much less than whole `ansible-playbook` runs. *Build*: ansible-core's "
             "`modify_module()` making the payload on the controller, once per module and run (it parses the source "
             "of every module_utils file the module imports, zips them and embeds the arguments; "
-            "`tests/bench/payload.py`). *On the node*: that payload run in the namespace as Ansible runs it, after a "
+            "`tests/bench/payload.py`). *On the node*: that payload run in the namespace from a file, as Ansible runs it without pipelining, after a "
             "flush (apply) and again (no-op). The module gets its rules as a text; `ansible.builtin.ping` shows what "
             "any module costs.",
             "",
