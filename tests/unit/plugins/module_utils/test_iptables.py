@@ -131,10 +131,48 @@ def test_parse_kept_reads_what_parse_save_reads(path):
     # rules of a chain that are not printed together, and a rule with neither matches nor target
     "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n-A A -j ACCEPT\n-A INPUT -j A\n-A A -j DROP\nCOMMIT\n",
     "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n-A A -j ACCEPT\n-A A\nCOMMIT\n",
+    # lines that end in white space (iptables 1.4 printed a space after some matches): stripped as line by line
+    "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n-A A -m state --state RELATED,ESTABLISHED -j ACCEPT \n-A A -j DROP \nCOMMIT\n",
+    "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n-A A -j ACCEPT\t\n-A A -j DROP\r\nCOMMIT\n",
+    "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n-A A -m comment --comment x\u00a0-j ACCEPT\u2028\n-A A -j DROP\nCOMMIT\n",
 ])
 def test_parse_kept_falls_back_where_the_chain_is_not_one_block(text):
     slow, fast = ipt.parse_save(text, {"A", "INPUT"}), ipt.parse_kept(text, {"A", "INPUT"})
     assert fast["filter"].rules == slow["filter"].rules
+
+
+def test_restore_text_names_what_each_line_came_from_without_a_label_per_rule():
+    before = {"chains": {"A": ["-j DROP"]}, "jumps": {"INPUT": [[2, "-j A"]]}}
+    after = {"chains": {"A": [f"-p tcp -m tcp --dport {p} -j ACCEPT" for p in (22, 80, 443)]}, "jumps": {"INPUT": [[1, "-j A"]]}}
+    asked = []
+
+    def where(k):
+        asked.append(k)
+        return f"$.chains[0].rules[{k}]"
+
+    text, origin = ipt.restore_text("filter", before, after, {"A": where})
+    lines = text.split("\n")
+    assert lines == ["*filter", ":A - [0:0]", "-D INPUT -j A", "-I INPUT 1 -j A", "-A A -p tcp -m tcp --dport 22 -j ACCEPT",
+                     "-A A -p tcp -m tcp --dport 80 -j ACCEPT", "-A A -p tcp -m tcp --dport 443 -j ACCEPT", "COMMIT", ""]
+    assert asked == []
+    assert [origin[i] for i in range(9)] == ["", "A", "INPUT jump", "INPUT jump", "$.chains[0].rules[0]",
+                                             "$.chains[0].rules[1]", "$.chains[0].rules[2]", "", ""]
+    # the legacy write puts the built-in chains' policies (with their counters) after the table's line
+    origin.insert(1, "", 2)
+    assert [origin[i] for i in range(1, 5)] == ["", "", "A", "INPUT jump"]
+    assert origin[8] == "$.chains[0].rules[2]"
+
+
+@pytest.mark.parametrize("given, same_as", [
+    (["-j ACCEPT", "-j DROP"], ["-j ACCEPT", "-j DROP"]),
+    (["-j ACCEPT\n-j DROP"], None),  # one element of two lines is not the two rules
+    ([{"jump": "ACCEPT"}], None),
+    ([], None),
+])
+def test_the_cache_key_of_the_given_rules_tells_them_apart(given, same_as):
+    others = [["-j ACCEPT", "-j DROP"], ["-j ACCEPT\n-j DROP"], [{"jump": "ACCEPT"}], [], ["-j ACCEPT"], ["-j DROP", "-j ACCEPT"]]
+    equal = [o for o in others if ipt.given_key(o) == ipt.given_key(given)]
+    assert equal == [same_as if same_as is not None else given]
 
 
 def test_rules_from_text_skips_blank_lines_and_comments_and_keeps_line_numbers():
