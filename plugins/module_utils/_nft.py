@@ -54,6 +54,7 @@ from ansible_collections.kubenode.dataplane.plugins.module_utils._confirm import
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft_schema
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend, VerifyError
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import CommandError, DataplaneError, Runner
+from ansible_collections.kubenode.dataplane.plugins.module_utils._scratch import Scratch, run_once
 
 FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
 TABLE_RE = re.compile(r"^(ip|ip6|inet|arp|bridge|netdev) ([A-Za-z_][A-Za-z0-9_./-]{0,255})$")
@@ -73,7 +74,6 @@ XTABLES_FAMILIES = ("ip", "ip6", "arp", "bridge")
 IPTABLES_NFT_WARNING = "is managed by iptables-nft"
 
 CACHE_DIR = "/var/cache/kubenode-dataplane/nft"
-SCRATCH_PREFIX = "kubenode-scratch-"
 # the desired form of a table not yet known: read back from the kernel after the apply
 UNKNOWN = "# the kernel's form of this table is read back after the apply\n"
 
@@ -664,11 +664,16 @@ class NftBackend(Backend):
         path = self._write("desired.nft", script)
         commands = f'include "{path}"\n' + "".join(f"list table {tb}\n" for tb in self.opts.tables)
         needs = interfaces(script)
+        what = "loading the desired ruleset into a scratch namespace"
         if needs:
-            res = self._scratch_named(nft, commands, needs)
+            with Scratch(self.runner) as scratch:
+                for name in needs:
+                    scratch.stand_in(name)
+                res = scratch.run([nft, "-i"], data=commands, what=what)
         else:
-            unshare = self.runner.which("unshare")
-            res = self.runner.run([unshare, "--net", nft, "-i"], data=commands, what="loading the desired ruleset into a scratch namespace")
+            res = run_once(self.runner, [nft, "-i"], data=commands, what=what)
+            if res.rc != 0:
+                raise CommandError(res.argv, res.rc, res.out, res.err, what)
         self._time("scratch", since)
         listed = split_listing(res.out)
         if path in res.err:
@@ -689,34 +694,6 @@ class NftBackend(Backend):
         if not check_mode:
             self._pending_cache = (key, tables)
         return tables
-
-    def _scratch_named(self, nft: str, commands: str, needs: t.List[str]):
-        """A named scratch namespace with stand-in veth interfaces for the names the script resolves."""
-        ip = self.runner.which("ip")
-        self._reap_scratch(ip)
-        ns = f"{SCRATCH_PREFIX}{os.getpid()}-{os.urandom(3).hex()}"
-        self.runner.run([ip, "netns", "add", ns], what="creating a scratch namespace")
-        try:
-            for k, name in enumerate(needs):
-                peer = f"knpeer{k}"
-                self.runner.run([ip, "-n", ns, "link", "add", name, "type", "veth", "peer", "name", peer],
-                                what=f"creating a stand-in for interface {name} in the scratch namespace")
-            return self.runner.run([ip, "netns", "exec", ns, nft, "-i"], data=commands,
-                                   what="loading the desired ruleset into a scratch namespace")
-        finally:
-            self.runner.run([ip, "netns", "del", ns], ok_rc=range(256), what="removing the scratch namespace")
-
-    def _reap_scratch(self, ip: str) -> None:
-        # scratch namespaces of runs that were killed before their cleanup
-        try:
-            names = os.listdir("/run/netns")
-        except OSError:
-            return
-        for name in names:
-            if name.startswith(SCRATCH_PREFIX):
-                pid = name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-                if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                    self.runner.run([ip, "netns", "del", name], ok_rc=range(256), what="removing a stale scratch namespace")
 
     def desired(self, before: NftState) -> NftState:
         self._before = before
