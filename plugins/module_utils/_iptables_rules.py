@@ -19,80 +19,9 @@ import re
 import socket
 import typing as t
 
-from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables_names import CHAIN_RE, FAMILIES, TABLES
-
-
-class SpecError(ValueError):
-    """A rule that cannot be understood; the message names it."""
-
-
-# ---------------------------------------------------------------- words and quoting
-
-_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-
-
-def split_words(spec: str) -> t.List[str]:
-    """Split a rule spec into words.
-
-    Understands what people write (single and double quotes, as in a shell) and what
-    iptables-save prints (double quotes with backslash escapes), so a line copied from
-    iptables-save means what it meant there.
-    """
-    if "'" not in spec and '"' not in spec and "\\" not in spec:
-        return spec.split()
-    words: t.List[str] = []
-    cur: t.List[str] = []
-    have = False
-    i, n = 0, len(spec)
-    while i < n:
-        c = spec[i]
-        if c in " \t\n":
-            if have:
-                words.append("".join(cur))
-                cur, have = [], False
-            i += 1
-            continue
-        have = True
-        if c == "\\" and i + 1 < n:
-            cur.append(spec[i + 1])
-            i += 2
-        elif c == "'":
-            end = spec.find("'", i + 1)
-            if end < 0:
-                raise SpecError(f"unbalanced single quote in rule '{spec}'")
-            cur.append(spec[i + 1:end])
-            i = end + 1
-        elif c == '"':
-            i += 1
-            while i < n and spec[i] != '"':
-                if spec[i] == "\\" and i + 1 < n:
-                    i += 1
-                cur.append(spec[i])
-                i += 1
-            if i >= n:
-                raise SpecError(f"unbalanced double quote in rule '{spec}'")
-            i += 1
-        else:
-            cur.append(c)
-            i += 1
-    if have:
-        words.append("".join(cur))
-    return words
-
-
-def save_quote(value: str) -> str:
-    """Quote a string the way iptables-save does (and iptables-restore reads back)."""
-    if value and all(c in _SAFE for c in value):
-        return value
-    out = value.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
-    return f'"{out}"'
-
-
-def word(value: str) -> str:
-    """A non-string value: bare unless restore could not read it back bare."""
-    if value and not any(c in value for c in " \t\"'\\"):
-        return value
-    return save_quote(value)
+from ansible_collections.kubenode.dataplane.plugins.module_utils._iptables_names import (  # noqa: F401 (re-exported)
+    CHAIN_RE, FAMILIES, TABLES, SpecError, save_quote, split_words, word,
+)
 
 
 # ---------------------------------------------------------------- lookup tables

@@ -56,11 +56,15 @@ class Scratch:
         self._links = 0
 
     def __enter__(self) -> "Scratch":
-        self._ip = self.runner.which("ip") or "ip"
+        ip = self.runner.which("ip", required=False)
+        if not ip:
+            raise ScratchUnavailable("a scratch network namespace needs iproute2's ip, which is not installed")
+        self._ip = ip
         self.reap()
         res = self.runner.run([self._ip, "netns", "add", self.name], ok_rc=range(256),
                               what="creating a scratch network namespace")
         if res.rc != 0:
+            self.__exit__()  # ip netns add can leave the name behind when the mount is refused
             raise _refused(res, "a scratch network namespace (ip netns add)")
         return self
 

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _iptables as ipt
+from ansible_collections.kubenode.dataplane.plugins.module_utils import _scratch
+from ansible_collections.kubenode.dataplane.plugins.module_utils._scratch import SCRATCH_PREFIX
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import converge
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import DataplaneError, Runner
 
@@ -45,7 +47,7 @@ class FakeModule:
 
     def get_bin_path(self, name, required=False, opt_dirs=None):
         known = {f"{b}-{v}{s}" for b in ("iptables", "ip6tables") for v in ("nft", "legacy") for s in ("", "-save", "-restore")}
-        return f"/usr/sbin/{name}" if name in known or name == "iptables" else None
+        return f"/usr/sbin/{name}" if name in known or name in ("iptables", "ip") else None
 
     def run_command(self, argv, data=None, binary_data=False, environ_update=None, check_rc=False, expand_user_and_vars=True):
         assert environ_update["LC_ALL"] == "C"
@@ -55,6 +57,8 @@ class FakeModule:
         if len(argv) > 2 and argv[-2] == "-f":
             # iptables-save -f FILE: the output goes to that file of the module's
             written, argv = argv[-1], argv[:-1] + ["{file}"]
+        # the scratch namespace's name is new on every run
+        argv = ["{scratch}" if a.startswith(SCRATCH_PREFIX) else a for a in argv]
         assert argv == step["argv"]
         assert (data or None) == step.get("stdin"), f"stdin of {argv}"
         self.seen.append(argv)
@@ -76,6 +80,8 @@ class FakeModule:
 def test_commands(case, monkeypatch, tmp_path):
     monkeypatch.setattr(ipt, "legacy_tables", lambda family: set(case.get("legacy_tables", [])))
     monkeypatch.setattr(ipt, "CACHE_DIR", str(tmp_path / "cache"))
+    # no scratch namespaces of killed runs to remove
+    monkeypatch.setattr(_scratch, "NETNS_DIR", str(tmp_path / "netns"))
     module = FakeModule(case["commands"], case.get("check_mode", False))
     params = dict(DEFAULTS, **case["params"])
     if case.get("refused"):
@@ -104,6 +110,7 @@ def test_commands(case, monkeypatch, tmp_path):
         assert result["changed"] is case["changed"]
         for key, value in case.get("result", {}).items():
             assert result[key] == value
+    assert len(module.warnings) == case.get("warnings", 0), module.warnings
     if "cached_after" in case:
         assert all((backend.cache.get(k) is not None) is case["cached_after"] for k in keys)
     assert module.expected == [], "commands that were expected but did not run"
