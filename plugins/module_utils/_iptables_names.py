@@ -21,6 +21,7 @@ TABLES: t.Dict[str, t.Tuple[str, ...]] = {
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
     "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
     "raw": ("PREROUTING", "OUTPUT"),
+    "security": ("INPUT", "FORWARD", "OUTPUT"),
 }
 # chain names the collection may own: iptables allows 28 characters; the set is kept to what
 # is also valid in a systemd unit name, which the persisted chains need

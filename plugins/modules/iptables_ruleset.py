@@ -71,7 +71,7 @@ options:
       table:
         description: The table of the chain.
         type: str
-        choices: [filter, nat, mangle, raw]
+        choices: [filter, nat, mangle, raw, security]
         default: filter
       ip_version:
         description: V(ipv4) uses iptables, V(ipv6) ip6tables.
@@ -352,7 +352,7 @@ from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import 
 
 CHAIN_OPTIONS = dict(
     chain=dict(type="str", required=True),
-    table=dict(type="str", choices=["filter", "nat", "mangle", "raw"], default="filter"),
+    table=dict(type="str", choices=["filter", "nat", "mangle", "raw", "security"], default="filter"),
     ip_version=dict(type="str", choices=["ipv4", "ipv6"], default="ipv4"),
     rules=dict(type="raw", default=[]),
     jump_from=dict(type="list", elements="str", default=[]),

@@ -1,6 +1,6 @@
 """Captures what this machine's iptables and kernel make of every rule form of the corpus.
 
-    /work/main/.venv/bin/python tests/netns/capture_iptables_corpus.py        # as root
+    .venv/bin/python tests/netns/capture_iptables_corpus.py        # as root
 
 The corpus is tests/netns/iptables_corpus.yml: rule forms as people write them, each with the
 table, the built-in chain (hook) that jumps to the chain holding it, and the verdict its author
