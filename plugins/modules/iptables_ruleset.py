@@ -13,22 +13,32 @@ version_added: 0.1.0
 author:
   - kubenode.dataplane maintainers (@kubenode)
 description:
-  - Makes named iptables chains (in the C(filter), C(nat), C(mangle) and C(raw) tables, for IPv4 and IPv6)
+  - Makes named iptables chains (in the C(filter), C(nat), C(mangle), C(raw) and C(security) tables, for IPv4
+    and IPv6)
     contain exactly the given rules, and makes exactly one rule in each named built-in chain jump to them
     at the stated position.
   - Everything else stays byte-identical. kube-proxy's C(KUBE-*) chains, Calico's C(cali-*) chains,
     Docker's C(DOCKER*) chains and rules that someone added by hand to the built-in chains are never
     flushed or rewritten. Each table is changed with one C(iptables-restore --noflush) run that only
     declares (and so empties) the owned chains, fills them, and deletes and inserts the jump rules.
-  - The module compares the owned chains with what C(iptables-save) prints, after rewriting the given
-    rules into the form C(iptables-save) prints (C(-m tcp) that the kernel adds, service names as port
-    numbers, C(/32) and C(/128) host masks, netmasks as prefix lengths, negations, default options such as
-    C(--reject-with icmp-port-unreachable)). Counters are ignored. When nothing differs, nothing is
-    written, so the counters of the owned chains survive a run that changes nothing.
-  - An invalid rule fails with iptables' own message, the line and the rule it came from, and nothing changes.
-    In check mode, and before a change that spans several tables, C(iptables-restore --test) checks the input
-    first. A change of a single table needs no separate test, because that table's C(iptables-restore) commits
-    all of its input or none of it.
+  - The module compares the owned chains with what C(iptables-save) prints. The printed form of rules it has
+    not seen before is learnt from the kernel, not predicted; the wanted chains, with the jumps from their
+    built-in chains (so that a target's hooks are checked as in the real table) and empty stand-ins for the
+    live chains of others, are restored into a scratch network namespace with the same iptables program and
+    backend, and read back there with C(iptables-save). So every rule iptables accepts (defaults left out,
+    service names, masks, several addresses, any extension) converges on the first run, and check mode
+    predicts exactly what a real run does. Counters are ignored. When nothing differs, nothing is written, so
+    the counters of the owned chains survive a run that changes nothing.
+  - What is written is the rules as given (re-quoted for C(iptables-restore), which reads double quotes only),
+    never a rewritten form. A rule iptables rejects fails with iptables' own message, the line and the rule it
+    came from, before anything changes. In check mode, and before a change that spans several tables,
+    C(iptables-restore --test) also checks the input against the live tables. A change of a single table needs
+    no separate test, because that table's C(iptables-restore) commits all of its input or none of it.
+  - Where no network namespace can be made (no C(CAP_SYS_ADMIN), as in an unprivileged container), the
+    collection's normaliser predicts the printed form instead, with a warning (see RV(scratch_namespace)). A
+    read-back that differs from the prediction in spelling only is then taken as the chain's form after the
+    apply, so the run does not fail and the next run finds nothing to change; check mode may report a change
+    that the real run does not make.
   - After the change the tables are read back and compared again. There is one exception, with the nft backend;
     when every owned chain's rules are in the module's cache (they were already printed back exactly this way
     on this machine), the module reads the kernel's nf_tables generation instead. It must have gone up by
@@ -144,8 +154,9 @@ options:
     description:
       - Remember, in C(/var/cache/kubenode-dataplane/iptables), the form in which C(iptables-save) prints each owned
         chain's rules. The key is the rules as given, the iptables program and the kernel. An entry is stored only
-        after C(iptables-save) printed the rules back that way. Later runs then skip rewriting every rule, which
-        matters with tens of thousands of rules. V(false) rewrites them on every run.
+        after C(iptables-save) printed the rules back that way. Later runs then skip the scratch namespace, which
+        matters with tens of thousands of rules. V(false) learns the form again on every run (rules written
+        exactly as the live chain prints them need no scratch namespace either way).
     type: bool
     default: true
   persist:
@@ -314,8 +325,24 @@ chains:
   returned: always, unless O(confirm) was given
   type: list
   elements: dict
+  contains:
+    canonical_source:
+      description:
+        - Where the form in which C(iptables-save) prints the chain's rules came from. V(cache) (printed back this
+          way on an earlier run), V(live) (the rules are written as the live chain prints them), V(scratch
+          namespace) (learnt in one on this run) or V(normaliser) (predicted, where no scratch namespace can be
+          made). Null for O(chains[].state=absent).
+      type: str
   sample:
-    - {ip_version: ipv4, table: filter, chain: KUBENODE-FIREWALL, state: present, rules: 12, changed: true}
+    - {ip_version: ipv4, table: filter, chain: KUBENODE-FIREWALL, state: present, rules: 12, changed: true,
+       canonical_source: scratch namespace}
+scratch_namespace:
+  description:
+    - V(used) when the printed form of new rules was learnt in a scratch network namespace, V(not needed) when
+      every chain's form was known without one, or why none could be made (the normaliser predicted then).
+  returned: always, unless O(confirm) was given
+  type: str
+  sample: used
 persisted:
   description: The files that hold the owned chains for the next boot.
   returned: when O(persist=true)
