@@ -412,12 +412,26 @@ class ChainSpec:
         self.jump_from: t.List[str] = [jump_from] if isinstance(jump_from, str) else list(jump_from)
         self.jump_position: int = int(params.get("jump_position") if params.get("jump_position") is not None else 1)
         self.jump_spec: str = params.get("jump_spec") or ""
-        self.inputs: t.List[str] = []  # each given rule as iptables-restore reads it (prepare)
-        self.jump_line = ""  # the jump rule as iptables-restore reads it
+        self._inputs: t.Optional[t.List[str]] = None  # each given rule as iptables-restore reads it
+        self._jump_line = ""  # the jump rule as iptables-restore reads it
         self.rules: t.List[str] = []  # the rules as iptables-save prints them
         self.sources: t.List[int] = []  # index in ``given`` of each printed rule ([] where not known)
         self.jump: str = ""  # the jump rule as iptables-save prints it
         self.source = ""  # where the printed form came from: cache, live, scratch namespace or normaliser
+
+    @property
+    def inputs(self) -> t.List[str]:
+        """The given rules as iptables-restore reads them (worked out when first needed: a run whose rules
+        all come from the cache and change nothing never needs them)."""
+        if self._inputs is None:
+            self.prepare()
+        return self._inputs or []
+
+    @property
+    def jump_line(self) -> str:
+        if self._inputs is None:
+            self.prepare()
+        return self._jump_line
 
     @property
     def cached(self) -> bool:
@@ -492,12 +506,12 @@ class ChainSpec:
             if not line:
                 raise IptablesError(f"{where}: the rule is empty; nothing was changed")
             inputs.append(line)
-        self.inputs = inputs
         try:
             words = split_words(self.jump_spec)
         except SpecError as exc:
             raise IptablesError(f"{self.where}.jump_spec: {exc}; nothing was changed") from None
-        self.jump_line = " ".join([word(w) for w in words] + ["-j", self.chain])
+        self._inputs = inputs
+        self._jump_line = " ".join([word(w) for w in words] + ["-j", self.chain])
 
     def take(self, rules: t.List[str], jump: str, source: str) -> None:
         """The rules and the jump as iptables-save prints them, and where that was learnt."""
@@ -798,7 +812,6 @@ class Ruleset(Backend):
     def _known(self, s: ChainSpec, table: t.Mapping[str, t.Any]) -> bool:
         """The printed form of a chain's rules where it is known without loading them: from the cache, or
         from the live chain when the rules are written exactly as it prints them."""
-        s.prepare()
         if self.cache.enabled:
             hit = self.cache.get(self._cache_key(s))
             if isinstance(hit, dict) and {"rules", "sources", "jump"} <= set(hit):
