@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 BUILD := $(CURDIR)/build
 RESULTS := $(BUILD)/results
 COLL_LINK := $(BUILD)/collections/ansible_collections/kubenode/dataplane
-APT_PACKAGES := nftables iptables iproute2 qemu-system-x86 qemu-utils debootstrap busybox-static kmod cpio \
+APT_PACKAGES := nftables iptables ipset iproute2 qemu-system-x86 qemu-utils debootstrap busybox-static kmod cpio \
 	openssh-client rsync curl
 N ?= 3
 PYTEST := $(BIN)/pytest -c tests/pytest.ini

@@ -563,6 +563,22 @@ class ChainSpec:
         self.jump = jumps[0]
 
 
+_SET_OPTIONS = frozenset(("--match-set", "--add-set", "--del-set", "--map-set"))
+
+
+def sets_named(lines: t.Iterable[str]) -> t.List[str]:
+    """The ipsets that rules name, in order."""
+    names: t.List[str] = []
+    for line in lines:
+        if "-set " not in line:
+            continue
+        words = line.split()
+        for i, w in enumerate(words[:-1]):
+            if w in _SET_OPTIONS and words[i + 1] not in names:
+                names.append(words[i + 1])
+    return names
+
+
 _ADDRESS_FLAGS = frozenset(("-s", "--source", "--src", "-d", "--destination", "--dst"))
 
 
@@ -837,6 +853,7 @@ class Ruleset(Backend):
         keys = [k for k in self.groups if any(s.key == k for s in specs)]
         try:
             with Scratch(self.runner) as scratch:
+                self._stand_in_sets(scratch, [s for k in keys for s in self.groups[k] if s.state == "present"])
                 for family in FAMILIES:
                     fkeys = [k for k in keys if k.split(" ")[0] == family]
                     for key in fkeys:
@@ -862,6 +879,21 @@ class Ruleset(Backend):
                 s.compile(self.backend, before["tables"][s.key]["chains"].get(s.chain))
                 s.source = "normaliser"
                 self._remember(s)
+
+    def _stand_in_sets(self, scratch: Scratch, specs: t.List[ChainSpec]) -> None:
+        """Empty copies of the live ipsets that the rules name (-m set, -j SET): a set belongs to its network
+        namespace, and iptables refuses a rule that names a set that does not exist."""
+        names = sets_named(line for s in specs for line in s.inputs)
+        ipset = self.runner.which("ipset", required=False) if names else None
+        if not ipset:
+            return  # no set named; or no ipset here, so no set exists and the restore refuses the rule as a live one would
+        creates: t.List[str] = []
+        for name in names:
+            res = self.runner.run([ipset, "save", name], ok_rc=range(256), what=f"reading the ipset {name}")
+            creates += [ln for ln in res.out.splitlines() if ln.startswith("create ")]
+        if creates:
+            scratch.run([ipset, "restore"], data="\n".join(creates) + "\n",
+                        what="creating stand-ins for the ipsets the rules name in the scratch namespace")
 
     def _scratch_text(self, key: str, before: t.Mapping[str, t.Any]) -> t.Tuple[str, Origins]:
         """iptables-restore input of one table in a scratch namespace: the wanted chains, empty stand-ins for

@@ -269,3 +269,25 @@ def test_without_a_scratch_namespace_the_kernel_spelling_is_taken(netns_pair, pl
     assert run.task("check mode")["result"]["changed"] is False
     printed = chain_lines(save(h1, "nft"), "KUBENODE-NOSCRATCH")
     assert len(printed) == 3 and "--connlimit-mask 32" in printed[0], printed
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_rules_naming_ipsets_converge(backend, netns_pair, playbook):
+    """ipsets belong to a network namespace: the scratch namespace gets empty copies of the sets the rules name."""
+    lab, inv = netns_pair
+    h1 = lab.hosts[0]
+    h1.run(["ipset", "create", "kn-allow", "hash:net", "family", "inet"])
+    h1.run(["ipset", "add", "kn-allow", "10.0.0.0/8"])
+    h1.run(["ipset", "create", "kn-pairs", "hash:ip,port"])
+    chains = [{"chain": "KUBENODE-SETS", "jump_from": ["INPUT"], "rules": [
+        "-m set --match-set kn-allow src -j ACCEPT",
+        "-p tcp -m set ! --match-set kn-pairs src,dst -j SET --add-set kn-pairs src,dst",
+        "-m set --match-set kn-allow src,src --return-nomatch -j RETURN"]}]
+    args = {"backend": backend, "chains": chains, "canonical_cache": False}
+    run = playbook(play([task("first", args), task("second", args), task("check", args, check_mode=True)]), inv)
+    assert run.rc == 0, run.explain()
+    assert [run.task(n)["result"]["changed"] for n in ("first", "second", "check")] == [True, False, False]
+    printed = chain_lines(save(h1, backend), "KUBENODE-SETS")
+    assert printed[0] == "-A KUBENODE-SETS -m set --match-set kn-allow src -j ACCEPT", printed
+    # the live set kept its member; the stand-in was the scratch namespace's alone
+    assert "add kn-allow 10.0.0.0/8" in h1.run(["ipset", "save", "kn-allow"]).stdout
