@@ -8,7 +8,7 @@ BUILD := $(CURDIR)/build
 RESULTS := $(BUILD)/results
 COLL_LINK := $(BUILD)/collections/ansible_collections/kubenode/dataplane
 APT_PACKAGES := nftables iptables ipset iproute2 qemu-system-x86 qemu-utils debootstrap busybox-static kmod cpio \
-	openssh-client rsync curl
+	openssh-client rsync curl openssl
 N ?= 3
 PYTEST := $(BIN)/pytest -c tests/pytest.ini
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -16,7 +16,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help deps apt venv collection demo test test-fast sanity units netns vm lint molecule \
-	hosts-up hosts-down vm-up vm-down vm-reboot build-collection bench clean docs
+	hosts-up hosts-down vm-up vm-down vm-reboot cluster-up cluster-down build-collection bench clean docs
 
 help:
 	@echo "make demo       set up the built-in real-kernel test node end to end and print its doctor report"
@@ -63,6 +63,12 @@ vm-reboot:
 
 vm-down:
 	@$(PYTHON) tests/harness/vm/vm.py down --inventory $(BUILD)/inventory-vm.yml
+
+cluster-up: deps
+	@$(BIN)/python tests/harness/kube/cluster.py up
+
+cluster-down:
+	@$(PYTHON) tests/harness/kube/cluster.py down
 
 # ---- tests: each tier writes JUnit XML under build/results; summary.py adds them up ----
 # The vm tier (about 22 minutes, mostly waiting on the emulated guest: about one core of two) runs in
