@@ -1,7 +1,7 @@
 """Benchmark: kubenode.dataplane.iptables_ruleset against raw iptables-restore/iptables-save and the
 peers users pick (ansible.builtin.iptables in a loop, community.general.iptables_state).
 
-    /work/main/.venv-bench/bin/python tests/bench/bench_iptables.py [--runs 3] [--sizes 1000,10000,100000]
+    .venv-bench/bin/python tests/bench/bench_iptables.py [--runs 3] [--sizes 1000,10000,100000]
 
 Everything runs in one throwaway network namespace on this machine (the host's own tables are never
 touched), with the nft backend the machine's iptables command selects (and the module against raw
@@ -557,7 +557,7 @@ def main() -> int:
         finally:
             b.close()
     ended = machine()
-    command = (f"{sys.executable} tests/bench/bench_iptables.py --runs {args.runs} --sizes {args.sizes} "
+    command = (f"{os.path.relpath(sys.executable, ROOT)} tests/bench/bench_iptables.py --runs {args.runs} --sizes {args.sizes} "
                f"--loop-rules {args.loop_rules} --playbook-runs {args.playbook_runs} --fleet-hosts {args.fleet_hosts}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report(res, started, ended, command))

@@ -12,8 +12,8 @@ On the real-kernel VM, one boot, N = 1,000 and 10,000 virtual services with 2 re
 imports, reading, applying, verifying), timed on the VM like the ipvsadm commands: the like-for-like number.
 "Module via ansible-playbook" adds the controller and SSH, as users run it; the loop is compared with that.
 
-    /work/main/.venv/bin/python tests/harness/vm/vm.py up --inventory build/inventory-vm.yml   # optional
-    KUBENODE_VM_INVENTORY=build/inventory-vm.yml /work/main/.venv-bench/bin/python tests/bench/bench_ipvs.py
+    .venv/bin/python tests/harness/vm/vm.py up --inventory build/inventory-vm.yml   # optional
+    KUBENODE_VM_INVENTORY=build/inventory-vm.yml .venv-bench/bin/python tests/bench/bench_ipvs.py
 
 Without KUBENODE_VM_INVENTORY it boots its own VM and stops it at the end. Writes docs/performance/ipvs.md.
 """
@@ -299,9 +299,9 @@ def main() -> int:
         info = (f"the real-kernel test VM (Debian 12, Linux {kernel}, QEMU TCG, 2 vCPUs, 1 GiB) on a "
                 f"{os.cpu_count()}-core {platform.machine()} host; ipvsadm {versions[0]}, pyroute2 {versions[1]}")
         results = bench(node, [int(s) for s in args.sizes.split(",")], args.runs, args.big_runs, args.loop_n)
-        command = "KUBENODE_VM_INVENTORY=build/inventory-vm.yml /work/main/.venv-bench/bin/python tests/bench/bench_ipvs.py"
+        command = "KUBENODE_VM_INVENTORY=build/inventory-vm.yml .venv-bench/bin/python tests/bench/bench_ipvs.py"
         if not given:
-            command = "/work/main/.venv-bench/bin/python tests/bench/bench_ipvs.py   # boots its own VM (make bench BENCH=ipvs)"
+            command = ".venv-bench/bin/python tests/bench/bench_ipvs.py   # boots its own VM (make bench BENCH=ipvs)"
         write_report(results, info, command)
     finally:
         if own:

@@ -16,7 +16,7 @@ rounds. For the breakdown, a one-task ``ansible.builtin.ping`` playbook is timed
 the module and of ping are timed on the node (no controller, no SSH).
 
     make bench BENCH=kmod       # boots its own VM (inventory build/inventory-bench-kmod.yml) and stops it at the end
-    KUBENODE_VM_INVENTORY=build/inventory-vm.yml /work/main/.venv-bench/bin/python tests/bench/bench_kmod.py
+    KUBENODE_VM_INVENTORY=build/inventory-vm.yml .venv-bench/bin/python tests/bench/bench_kmod.py
 
 With KUBENODE_VM_INVENTORY it uses that VM (already up) and leaves it running. Writes docs/performance/kmod.md.
 """
@@ -362,7 +362,7 @@ def main() -> int:
         row = bench(node, args.runs)
         command = "make bench BENCH=kmod   # boots its own VM, runs tests/bench/bench_kmod.py with .venv-bench"
         if args.runs != 3:
-            command = f"/work/main/.venv-bench/bin/python tests/bench/bench_kmod.py --runs {args.runs}"
+            command = f".venv-bench/bin/python tests/bench/bench_kmod.py --runs {args.runs}"
         write_report(row, info, command, time.monotonic() - started, (load_start, os.getloadavg()[1]))
     finally:
         if not given:
