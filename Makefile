@@ -107,7 +107,8 @@ vm: deps
 	@mkdir -p $(RESULTS); $(PYTEST) -m vm tests/vm tests/integration --junitxml=$(RESULTS)/vm.xml || [ $$? -eq 5 ]
 
 lint: deps
-	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_lint.py tests/meta/test_build.py tests/meta/test_docs.py --junitxml=$(RESULTS)/lint.xml || [ $$? -eq 5 ]
+	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_lint.py tests/meta/test_build.py tests/meta/test_docs.py \
+	  tests/meta/test_execution_environment.py --junitxml=$(RESULTS)/lint.xml || [ $$? -eq 5 ]
 
 molecule: deps
 	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_molecule.py --junitxml=$(RESULTS)/molecule.xml || [ $$? -eq 5 ]
