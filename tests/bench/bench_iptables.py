@@ -18,6 +18,9 @@ tools with the legacy backend too). Each figure is the median of --runs runs, ta
 - community.general.iptables_state: state=restored of a file with the filter table holding the chain.
 - a one-task play taken apart (below 100,000 rules): each module's payload built as ansible-core's
   controller builds it (tests/bench/payload.py), then that payload run on the node.
+- with --before REV: the module's own process on the node of this tree against the one of git revision
+  REV (a worktree), interleaved, for rules new to the machine (canonical_cache: false), the apply of
+  remembered rules and the no-op, at each size.
 
 Writes docs/performance/iptables.md.
 """
@@ -48,7 +51,7 @@ FLOOR = ROOT / "tests" / "bench" / "library" / "kn_bench_floor.py"
 
 
 def spec(i: int) -> str:
-    # spelled as people write rules (no -m tcp, no /32): the module normalises each one
+    # spelled as people write rules (no -m tcp, no /32): not as iptables-save prints them
     return f"-s 10.{i // 65536}.{(i // 256) % 256}.{i % 256} -p tcp --dport {1 + i % 60000} -j ACCEPT"
 
 
@@ -125,8 +128,13 @@ class Bench:
         path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
         return path
 
-    def module(self, args: Path, path: Path = MODULE) -> tuple[float, dict]:
-        took, proc = self.run([sys.executable, str(path), str(args)])
+    def module(self, args: Path, path: Path = MODULE, tree: Path = ROOT) -> tuple[float, dict]:
+        # the module's module_utils come from the tree the module is of (this one, or --before's worktree)
+        env = dict(self.env, PYTHONPATH=str(tree / "build" / "collections")) if tree != ROOT else None
+        start = time.perf_counter()
+        proc = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, str(path), str(args)],
+                              capture_output=True, text=True, env=env or self.env, check=False)
+        took = time.perf_counter() - start
         result = json.loads(proc.stdout)
         if result.get("failed"):
             raise RuntimeError(result.get("msg"))
@@ -205,7 +213,7 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
                 b.clean(backend)
                 raw_r.append(b.run([f"iptables-{backend}-restore", "-w", "--noflush"], data=text)[0])
                 raw_s.append(b.run([f"iptables-{backend}-save", "-t", "filter"])[0])
-                # rules new to the machine: every rule normalised, the table read back in full
+                # rules new to the machine: their form learnt in a scratch namespace, the table read back in full
                 b.clean(backend)
                 took, result = b.module(cold)
                 assert result["changed"] is True and result["verified"] == "re-read", result
@@ -318,6 +326,60 @@ def measure(b: Bench, sizes: list[int], runs: int, loop_rules: int, log, playboo
     return res
 
 
+def before_after(b: Bench, sizes: list[int], runs: int, rev: str, log) -> dict:
+    """This tree's module against revision ``rev``'s, interleaved on the bench node (nft and legacy)."""
+    old = b.tmp / "before"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), rev], check=True, capture_output=True)
+    link = old / "build" / "collections" / "ansible_collections" / "kubenode" / "dataplane"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(old)
+    trees = {"before": old, "after": ROOT}
+    out: dict = {"rev": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
+                                       text=True, check=True).stdout.strip(), "n": {}}
+    try:
+        for n in sizes:
+            for backend in ("nft", "legacy"):
+                args, cold = b.module_args(n, backend), b.module_args(n, backend, cache=False)
+                took: dict = {t: {"cold": [], "apply": [], "noop": []} for t in trees}
+                for tree in trees.values():  # the remembered form, as after any earlier run
+                    b.clean(backend)
+                    b.module(args, tree / "plugins" / "modules" / "iptables_ruleset.py", tree)
+                for _run in range(runs):
+                    for name, tree in trees.items():
+                        module = tree / "plugins" / "modules" / "iptables_ruleset.py"
+                        b.clean(backend)
+                        took[name]["cold"].append(b.module(cold, module, tree)[0])
+                        b.clean(backend)
+                        took[name]["apply"].append(b.module(args, module, tree)[0])
+                        took[name]["noop"].append(b.module(args, module, tree)[0])
+                out["n"].setdefault(n, {})[backend] = {t: {k: median(v) for k, v in r.items()} for t, r in took.items()}
+                log(f"N={n} {backend} before/after: {out['n'][n][backend]}")
+                b.clean(backend)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False, capture_output=True)
+    return out
+
+
+def before_after_report(ba: dict) -> list[str]:
+    lines = [
+        "",
+        f"## This revision against {ba['rev']}",
+        "",
+        f"The module's own process on the node, this tree and revision {ba['rev']} (a git worktree) interleaved, "
+        "rules as a list. *new rules* = `canonical_cache: false`: the rules' iptables-save form worked out on every "
+        "run; *apply* and *no-op* = rules remembered from an earlier run, as in the table above.",
+        "",
+        "| backend | N | new rules, before / after | ratio | apply, before / after | ratio | no-op, before / after | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for backend in ("nft", "legacy"):
+        for n, row in ba["n"].items():
+            b, a = row[backend]["before"], row[backend]["after"]
+            cells = " | ".join(f"{b[k]:.2f} s / {a[k]:.2f} s | {a[k] / b[k]:.2f}x" for k in ("cold", "apply", "noop"))
+            lines.append(f"| {backend} | {int(n):,} | {cells} |")
+    return lines
+
+
 def vs_row(n: int, r: dict, mine: str, peer: str) -> str:
     """A table row: the module's apply and no-op (keys ``mine_apply``/``mine_noop``), the peer's, and the ratios."""
     return (f"| {n:,} | {r[mine + '_apply']:.2f} s | {r[mine + '_noop']:.2f} s | {r[peer + '_apply']:.2f} s | "
@@ -356,7 +418,8 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
         "as people write them (`-s 10.0.0.1 -p tcp --dport 22 -j ACCEPT`). *apply* is a later run of rules the module "
         "has already seen printed back on this machine. It takes their iptables-save form from its cache, and with "
         "the nft backend it verifies by the nf_tables generation (legacy has none and reads back). *apply, new rules* "
-        "(`canonical_cache: false`) puts every rule through the normaliser and reads the table back in full. "
+        "(`canonical_cache: false`) learns their iptables-save form in a scratch network namespace (restored there "
+        "with the same program, read back) and reads the table back in full after the apply. "
         "Raw = `iptables-restore --noflush` of the same chain already in iptables-save's form / `iptables-save -t filter`.",
         "",
         "*Ansible floor* = a module that takes the same arguments and exits at once (tests/bench/library/kn_bench_floor.py): "
@@ -469,6 +532,8 @@ def report(res: dict, started: dict, ended: dict, command: str) -> str:
                          f"{q['module_size'] / 1000:.0f} / {q['state_size'] / 1000:.0f} KB | "
                          f"{q['module_apply']:.3f} / {q['state_apply']:.3f} s | {q['module_noop']:.3f} / {q['state_noop']:.3f} s | "
                          f"{q['ping_apply']:.3f} s |")
+    if "before_after" in res:
+        lines += before_after_report(res["before_after"])
     lines += ["", "## Targets", ""]
     p1 = res["n"][1000]["playbook"] if 1000 in res["n"] else None
     if p1:
@@ -539,6 +604,7 @@ def main() -> int:
     parser.add_argument("--fleet-hosts", type=int, default=4,
                         help="nodes of the one-play fleet comparison below 100,000 rules (1: none)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance" / "iptables.md")
+    parser.add_argument("--before", default="", help="also measure the module of this git revision, interleaved")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the benchmark needs root (network namespaces)", file=sys.stderr)
@@ -552,13 +618,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kn-bench-ipt-") as tmp:
         b = Bench(Path(tmp))
         try:
-            res = measure(b, sizes, args.runs, args.loop_rules, lambda m: print(m, file=sys.stderr, flush=True),
-                          args.playbook_runs, args.fleet_hosts)
+            log = (lambda m: print(m, file=sys.stderr, flush=True))
+            res = measure(b, sizes, args.runs, args.loop_rules, log, args.playbook_runs, args.fleet_hosts)
+            if args.before:
+                res["before_after"] = before_after(b, sizes, max(args.runs, 5), args.before, log)
         finally:
             b.close()
     ended = machine()
     command = (f"{os.path.relpath(sys.executable, ROOT)} tests/bench/bench_iptables.py --runs {args.runs} --sizes {args.sizes} "
-               f"--loop-rules {args.loop_rules} --playbook-runs {args.playbook_runs} --fleet-hosts {args.fleet_hosts}")
+               f"--loop-rules {args.loop_rules} --playbook-runs {args.playbook_runs} --fleet-hosts {args.fleet_hosts}"
+               + (f" --before {args.before}" if args.before else ""))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report(res, started, ended, command))
     raw = ROOT / "build" / "bench" / "iptables.json"
