@@ -453,6 +453,13 @@ def _normalise(words: t.List[str], family: str, backend: str) -> t.List[str]:
             base["-f"] = (neg, None)
             i += 1
             continue
+        if w in ("-c", "--set-counters"):
+            # the new rule's counters, which iptables-save prints only with -c: not part of the rule's text
+            take = 2 if i + 1 < n and "," in words[i + 1] else 3
+            if i + take > n:
+                raise SpecError(f"'{w}' needs packets and bytes in rule '{_text(spec)}'")
+            i += take
+            continue
         if opt == "-m":
             if i + 1 >= n:
                 raise SpecError(f"'-m' needs a module name in rule '{_text(spec)}'")
