@@ -108,7 +108,7 @@ vm: deps
 
 lint: deps
 	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_lint.py tests/meta/test_build.py tests/meta/test_docs.py \
-	  tests/meta/test_execution_environment.py --junitxml=$(RESULTS)/lint.xml || [ $$? -eq 5 ]
+	  tests/meta/test_execution_environment.py tests/meta/test_action_groups.py --junitxml=$(RESULTS)/lint.xml || [ $$? -eq 5 ]
 
 molecule: deps
 	@mkdir -p $(RESULTS); $(PYTEST) tests/meta/test_molecule.py --junitxml=$(RESULTS)/molecule.xml || [ $$? -eq 5 ]
