@@ -6,12 +6,14 @@
 
 How "equal" is decided: the current owned tables are read with ``nft list table`` (the kernel's
 view, printed by nft). The desired script is turned into the same kind of text by loading it
-into a scratch network namespace (``unshare --net``, or a named one with stand-in interfaces
-when the script names interfaces) and listing it there. Both texts are then normalised for what
-changes without anyone changing the ruleset: counter values, quota usage, timeouts counting down,
-elements the packet path adds to dynamic sets, and the order of sets and chains in a table.
-Formatting, element order, defaults (``priority 0`` vs ``priority filter``) and handles never
-reach the comparison because the kernel and nft settle them identically on both sides.
+into a scratch network namespace (``unshare --net``) and listing it there. Where nft finds
+interfaces missing there, the script is loaded again in a named one with a stand-in for each
+name nft reports, with the host's interface index: the kernel keeps interfaces as indexes and
+nft lists them in index order. Both texts are then normalised for what changes without anyone
+changing the ruleset: counter values, quota usage, timeouts counting down, elements the packet
+path adds to dynamic sets, and the order of sets and chains in a table. Formatting, element
+order, defaults (``priority 0`` vs ``priority filter``) and handles never reach the comparison
+because the kernel and nft settle them identically on both sides.
 
 The canonical form of a script only depends on the script, nft's version and the kernel, so it
 is remembered in a small cache (/var/cache/kubenode-dataplane/nft): a no-op run costs one
@@ -42,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import tempfile
 import time
 import typing as t
@@ -53,7 +56,7 @@ from ansible_collections.kubenode.dataplane.plugins.module_utils._nfgen import r
 from ansible_collections.kubenode.dataplane.plugins.module_utils._confirm import STATE_DIR as ROLLBACK_DIR, Rollbacks
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft_schema
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend, VerifyError
-from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import CommandError, DataplaneError, Runner
+from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import CommandError, DataplaneError, Result, Runner
 from ansible_collections.kubenode.dataplane.plugins.module_utils._scratch import Scratch, run_once
 
 FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
@@ -247,20 +250,87 @@ def tables_named(text: str, label: str = "content") -> t.List[str]:
     return named
 
 
-INTERFACE_RE = re.compile(r'\b(?:iif|oif)\s+(?:!=\s*)?(\{[^}]*\}|"[^"]*"|[A-Za-z0-9_.:@-]+)|\bdevices?\s*=?\s*(\{[^}]*\}|"[^"]*"|[A-Za-z0-9_.:@-]+)')
+# ---------------------------------------------------------------- stand-in interfaces for the scratch namespace
+
+# nft resolves interface names to indexes while it reads a script (iif, oif, elements of type
+# iface_index, dup and fwd devices) and says so for a name the namespace lacks, with carets under
+# the name in the echoed line. It reports the first such name of each set, map or concatenation and
+# at most 10 errors in all, so a script can take several rounds; each round loads the script again.
+NO_INTERFACE = ": Error: Interface does not exist"
+# what a kernel that wants hook devices to exist answers for a netdev chain or flowtable without them
+# (6.18 keeps netdev chains of missing devices, and lists them the same)
+NO_SUCH_OBJECT = ": Error: Could not process rule: No such file or directory"
+STAND_IN_ROUNDS = 64
+# a chain or flowtable as nft --debug=netlink prints it: "... hook ingress prio 0 dev eth0 " or
+# "... dev {  eth0  eth1  } "
+_HOOK_DEVICES_RE = re.compile(r" dev (\{[^{}]*\}|\S+) *$")
 
 
-def interfaces(text: str) -> t.List[str]:
-    """Interface names a script resolves to an index when loaded (iif, oif, hook and flowtable devices)."""
+def missing_interfaces(err: str, path: str) -> t.List[str]:
+    """The names nft marked as 'Interface does not exist' in the script at ``path``, in its order."""
     found: t.List[str] = []
-    for m in INTERFACE_RE.finditer(text):
-        group = m.group(1) or m.group(2) or ""
-        for item in group.strip("{}").split(","):
-            name = item.strip().strip('"')
-            if name and name != "lo" and not name.startswith("$") and not name.isdigit() and len(name) <= 15 \
-                    and re.match(r"^[A-Za-z0-9_.:@-]+$", name) and name not in found:
-                found.append(name)
+    lines = err.split("\n")
+    for i, line in enumerate(lines[:-2]):
+        if not (line.startswith(path + ":") and line.endswith(NO_INTERFACE)):
+            continue
+        # nft writes the marks byte by byte under the line (tabs kept), so they index its bytes
+        source, marks = lines[i + 1].encode(), lines[i + 2].encode()
+        token = bytes(source[k] for k in range(min(len(source), len(marks))) if marks[k:k + 1] == b"^")
+        name = token.decode(errors="replace")
+        if len(name) > 1 and name[0] == name[-1] == '"':
+            name = name[1:-1]
+        if name and name not in found:
+            found.append(name)
     return found
+
+
+def hook_devices(debug: str) -> t.List[str]:
+    """The hook devices of the chains and flowtables in ``nft --debug=netlink`` output."""
+    found: t.List[str] = []
+    for line in debug.splitlines():
+        # rules ("  [ meta load iif => reg 1 ]") and set elements are indented; objects are not
+        if not line or line[0].isspace():
+            continue
+        m = _HOOK_DEVICES_RE.search(line)
+        if m:
+            for name in m.group(1).strip("{}").split():
+                if name not in found:
+                    found.append(name)
+    return found
+
+
+def host_interfaces() -> t.Dict[str, int]:
+    """This network namespace's interfaces and their indexes."""
+    return {name: index for index, name in socket.if_nameindex()}
+
+
+class StandIns(Scratch):
+    """A scratch namespace whose stand-in interfaces have the index of the host's interface of that name.
+
+    The kernel keeps an interface in a set, map or concatenation as its index, and nft lists such
+    elements in index order: a stand-in with another index than on the host lists ``{ "lan0", "lan1" }``
+    in another order than the host does, and the table would never compare equal.
+    """
+
+    def __init__(self, runner: Runner, host: t.Dict[str, int]) -> None:
+        super().__init__(runner)
+        self.host = host
+        self.made: t.List[str] = []
+        # the other stand-ins and every peer take indexes that no host interface has
+        self._free = max(host.values(), default=1) + 1
+
+    def _index(self) -> int:
+        self._free += 1
+        return self._free - 1
+
+    def stand_in(self, interface: str) -> None:
+        index = self.host.get(interface) or self._index()
+        peer = f"knpeer{self._links}"
+        self._links += 1
+        self.runner.run([self._ip, "-n", self.name, "link", "add", interface, "index", str(index), "type", "veth",
+                         "peer", "name", peer, "index", str(self._index())],
+                        what=f"creating a stand-in for interface {interface} in the scratch namespace")
+        self.made.append(interface)
 
 
 # ---------------------------------------------------------------- the kernel's listing
@@ -544,6 +614,7 @@ class NftBackend(Backend):
         # set by canonical(), stored by result() once a live kernel read the script back as this
         self._pending_cache: t.Optional[t.Tuple[str, t.Dict[str, str]]] = None
         self.read_generation: t.Callable[[], t.Optional[int]] = ruleset_generation
+        self.host_interfaces: t.Callable[[], t.Dict[str, int]] = host_interfaces
         self.committed_alone = False
         self.verified: t.Optional[str] = None
         self._cache_key = ""
@@ -663,25 +734,18 @@ class NftBackend(Backend):
         since = time.monotonic()
         path = self._write("desired.nft", script)
         commands = f'include "{path}"\n' + "".join(f"list table {tb}\n" for tb in self.opts.tables)
-        needs = interfaces(script)
         what = "loading the desired ruleset into a scratch namespace"
-        if needs:
-            with Scratch(self.runner) as scratch:
-                for name in needs:
-                    scratch.stand_in(name)
-                res = scratch.run([nft, "-i"], data=commands, what=what)
-        else:
-            res = run_once(self.runner, [nft, "-i"], data=commands, what=what)
-            if res.rc != 0:
-                raise CommandError(res.argv, res.rc, res.out, res.err, what)
+        res = run_once(self.runner, [nft, "-i"], data=commands, what=what)
+        if res.rc != 0:
+            raise CommandError(res.argv, res.rc, res.out, res.err, what)
+        hint = ""
+        if f"{path}:" in res.err and (NO_INTERFACE in res.err or NO_SUCH_OBJECT in res.err):
+            res, hint = self._load_with_stand_ins(path, commands, res)
         self._time("scratch", since)
         listed = split_listing(res.out)
         if path in res.err:
             # the include failed: nft's message for the user's script, without the list commands' echoes
             first = res.err.split("\nError: No such file or directory\nlist table", 1)[0]
-            hint = ""
-            if "Interface does not exist" in first:
-                hint = "\n(the scratch namespace has stand-ins only for interfaces named literally after iif, oif and device)"
             raise NftError(f"nft rejected {self.opts.label}; nothing was changed:\n{self._errors(first)}{hint}")
         missing = [tb for tb in self.opts.tables if tb not in listed]
         if missing:
@@ -694,6 +758,41 @@ class NftBackend(Backend):
         if not check_mode:
             self._pending_cache = (key, tables)
         return tables
+
+    def _load_with_stand_ins(self, path: str, commands: str, first: Result) -> t.Tuple[Result, str]:
+        """The script loaded again in a named scratch namespace, with stand-ins for the interfaces nft asked for.
+
+        The names come from nft's own errors, never from reading the script: a text scan takes the
+        '.' of ``iif . oif``, a set's name or a word in a comment for an interface. Returns the last
+        load and, when the rounds ran out, a hint for the error message.
+        """
+        nft = self._nft()
+        what = "loading the desired ruleset into a scratch namespace with stand-in interfaces"
+        res = first
+        devices_read = False
+        with StandIns(self.runner, self.host_interfaces()) as scratch:
+            for _round in range(STAND_IN_ROUNDS):
+                wanted = missing_interfaces(res.err, path)
+                if not wanted and NO_SUCH_OBJECT in res.err and not devices_read:
+                    # a kernel that needs hook devices to exist: nft's parse of the script names them
+                    devices_read = True
+                    debug = scratch.run([nft, "--debug=netlink", "-c", "-f", path], ok_rc=range(256),
+                                        what="reading the hook devices of the desired ruleset")
+                    wanted = hook_devices(debug.out)
+                new = [name for name in wanted if name != "lo" and name not in scratch.made]
+                if not new:
+                    return res, ""
+                try:
+                    for name in new:
+                        scratch.stand_in(name)
+                except CommandError:
+                    # no interface can have that name (ip says why): nor can the host's, nft's error stands
+                    return res, ""
+                res = scratch.run([nft, "-i"], data=commands, ok_rc=range(256), what=what)
+        if not missing_interfaces(res.err, path):
+            return res, ""
+        return res, (f"\n(the scratch namespace stopped after {STAND_IN_ROUNDS} rounds of stand-in interfaces, "
+                     "one round for each interface nft reports missing from a set, map or concatenation)")
 
     def desired(self, before: NftState) -> NftState:
         self._before = before

@@ -104,11 +104,34 @@ def test_options_keep_content_to_the_listed_tables():
         nft.options_from_params({"tables": ["kubenode_firewall"], "state": "absent"})
 
 
-def test_interfaces_that_need_stand_ins():
-    script = ('iif "eth0" accept\noif != br-ex drop\niif { "ens3", "lo", eth0 } accept\n'
-              'flowtable f { hook ingress priority 0; devices = { veth1, "veth2" }; }\n'
-              'iif $lan accept\niifname "cali*" accept\n')
-    assert nft.interfaces(script) == ["eth0", "br-ex", "ens3", "veth1", "veth2"]
+# ---------------------------------------------------------------- stand-in interfaces, from nft's own words
+
+
+def test_missing_interfaces_are_the_tokens_nft_marks():
+    # the first missing name of the set and of the concatenation, never the '.' between them
+    err = fixture("ifaces.round1.stderr.txt")
+    assert nft.missing_interfaces(err, "ifaces.input.nft") == ["lan0"]
+    assert nft.missing_interfaces(fixture("ifaces.round2.stderr.txt"), "ifaces.input.nft") == ["lan1", "eth0"]
+    assert nft.missing_interfaces(fixture("long-name.stderr.txt"), "long-name.input.nft") == ["averyveryverylongname0"]
+    # only the errors in the script itself, and only this error
+    assert nft.missing_interfaces(err, "other.nft") == []
+    assert nft.missing_interfaces(fixture("bad-rule.stderr.txt"), "bad-rule.input.nft") == []
+    assert nft.missing_interfaces(fixture("flowtable.round1.stderr.txt"), "flowtable.input.nft") == []
+
+
+def test_missing_interfaces_after_multibyte_characters():
+    # nft writes its marks byte by byte under the line: "préfixe→" is 8 characters and 11 bytes
+    err = fixture("utf8-line.stderr.txt")
+    assert nft.missing_interfaces(err, "utf8-line.input.nft") == ["eth1"]
+
+
+def test_hook_devices_from_nfts_parse():
+    assert nft.hook_devices(fixture("flowtable.debug-netlink.txt")) == ["lan1", "lan0"]
+    debug = ("netdev (null) (null) use 0 type filter hook ingress prio 0 packets 0 bytes 0 dev dev0 \n"
+             "netdev (null) (null) use 0 type filter hook ingress prio 0 packets 0 bytes 0 dev {  dev2  dev1  } \n"
+             "netdev n ing\n  [ meta load iif => reg 1 ]\n  [ cmp eq reg 1 0x00000001 ]\n\n"
+             "inet (null) (null) use 0\n\telement 04030201  : 0 [end]\n")
+    assert nft.hook_devices(debug) == ["dev0", "dev2", "dev1"]
 
 
 def test_nft_errors_point_at_the_users_lines():

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft as nft
+from ansible_collections.kubenode.dataplane.plugins.module_utils import _scratch
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import VerifyError, converge
 from ansible_collections.kubenode.dataplane.plugins.module_utils._runner import DataplaneError, Runner
 
@@ -39,7 +40,9 @@ class ScriptedModule:
             self.workdir = os.path.join(self.tmpdir, found[0]) if found else None
         assert self.steps, f"unexpected command {argv}"
         step = self.steps.pop(0)
-        assert list(argv) == [self.fill(a) for a in step["argv"]], f"expected {step['argv']}, ran {argv}"
+        # the scratch namespace's name is new on every run
+        argv = ["{scratch}" if a.startswith(_scratch.SCRATCH_PREFIX) else a for a in argv]
+        assert argv == [self.fill(a) for a in step["argv"]], f"expected {step['argv']}, ran {argv}"
         if "stdin" in step:
             assert (data.decode() if isinstance(data, bytes) else data) == self.fill(step["stdin"])
         out = (FIX / step["out_file"]).read_text() if "out_file" in step else ""
@@ -50,7 +53,11 @@ class ScriptedModule:
 
 
 @pytest.mark.parametrize("case", SCENARIOS, ids=[c["id"] for c in SCENARIOS])
-def test_commands(case, tmp_path):
+def test_commands(case, tmp_path, monkeypatch):
+    # no scratch namespaces of killed runs to remove
+    monkeypatch.setattr(_scratch, "NETNS_DIR", str(tmp_path / "netns"))
+    if "stand_in_rounds" in case:
+        monkeypatch.setattr(nft, "STAND_IN_ROUNDS", case["stand_in_rounds"])
     params = dict(case["params"])
     if "content_file" in params:
         params["content"] = (FIX / params.pop("content_file")).read_text()
@@ -66,6 +73,8 @@ def test_commands(case, tmp_path):
     # the kernel's nf_tables generation before and after the apply, as NFT_MSG_GETGEN would report it
     generations = iter(case.get("generations") or [])
     backend.read_generation = lambda: next(generations, None)
+    # the host's interfaces and their indexes, which the scratch namespace's stand-ins take
+    backend.host_interfaces = lambda: dict(case.get("host_interfaces") or {"lo": 1})
     expect = case["expect"]
     if expect.get("verify_error"):
         with pytest.raises(VerifyError):
