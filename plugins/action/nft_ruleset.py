@@ -15,7 +15,11 @@ import os
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
-from ansible.template import trust_as_template
+
+try:
+    from ansible.template import trust_as_template
+except ImportError:  # ansible-core < 2.19 tags no data: text read from a file is a template as it is
+    trust_as_template = None
 
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft_schema
 
@@ -64,7 +68,10 @@ class ActionModule(ActionBase):
 
     def _template(self, src: str, task_vars: dict) -> str:
         source = self._find_needle("templates", src)
-        data = trust_as_template(self._loader.get_text_file_contents(source))
+        if trust_as_template is None:
+            data = to_text(self._loader._get_file_contents(source)[0], errors="surrogate_or_strict")
+        else:
+            data = trust_as_template(self._loader.get_text_file_contents(source))
         searchpath = list(task_vars.get("ansible_search_path", [])) + [self._loader._basedir, os.path.dirname(source)]
         paths = []
         for p in searchpath:
