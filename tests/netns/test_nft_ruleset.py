@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.harness.stock_files import debian_nftables_conf
+
+from ansible_collections.kubenode.dataplane.plugins.module_utils import _nft as nft
 
 pytestmark = pytest.mark.netns
 
@@ -19,6 +22,15 @@ HERE = Path(__file__).resolve().parent
 TRAFFIC = str(HERE / "traffic.py")
 FIXTURES = HERE.parent / "unit" / "fixtures" / "nft"
 MODULE = "kubenode.dataplane.nft_ruleset"
+CORPUS = yaml.safe_load((HERE / "nft_corpus.yml").read_text())
+# NFT_MSG_GETGEN, read independently of the module's own code
+GETGEN = ("import socket, struct; s = socket.socket(16, 3, 12); s.bind((0, 0)); "
+          "s.send(struct.pack('=IHHII', 20, 0xa10, 1, 1, 0) + bytes(4)); print(struct.unpack_from('>I', s.recv(4096), 24)[0])")
+# what the corpus entries that say `needs` need, as the kernel shows it: a probe it must accept
+PROBES = {
+    "secmark": 'table inet knprobe {\n\tsecmark s {\n\t\t"system_u:object_r:ssh_server_packet_t:s0"\n\t}\n}\n',
+    "flowtable": "table inet knprobe {\n\tflowtable f {\n\t\thook ingress priority 0\n\t\tdevices = { lo }\n\t}\n}\n",
+}
 
 
 # ------------------------------------------------------------------ helpers
@@ -77,6 +89,42 @@ def status(run, name, host=None) -> str:
     if rec["status"] in ("failed", "ignored"):
         return "failed"
     return "changed" if rec["result"].get("changed") else rec["status"]
+
+
+def generation(host) -> int:
+    """The host's nf_tables generation: every committed transaction adds one, a dry run (nft -c) none."""
+    return int(host.run([sys.executable, "-c", GETGEN]).stdout)
+
+
+def state_tasks(label: str) -> list:
+    """Tasks that record the host's ruleset and nf_tables generation as "listed <label>", "generation <label>"."""
+    return [{"name": f"listed {label}", "ansible.builtin.command": {"argv": ["nft", "list", "ruleset"]}, "changed_when": False},
+            {"name": f"generation {label}", "ansible.builtin.command": {"argv": [sys.executable, "-c", GETGEN]},
+             "changed_when": False}]
+
+
+def add_lans(host) -> None:
+    """lan1 and then lan0 on the host: lan1 has the lower interface index, unlike the order of their names."""
+    for name in ("lan1", "lan0"):
+        host.run(["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"])
+
+
+def supported(host, needs) -> bool:
+    return not needs or host.run(["nft", "-c", "-f", "-"], input=PROBES[needs], check=False).returncode == 0
+
+
+def listed(run, label: str, host=None) -> dict:
+    """The tables of "listed <label>", counters zeroed (packets of the lab's own IPv6 neighbour discovery
+    keep moving them); the generation tells whether anything was written."""
+    text = run.task(f"listed {label}", host)["result"]["stdout"]
+    return {tb: nft.normalise(table) for tb, table in nft.split_listing(text).items()}
+
+
+def differing(result: dict) -> list:
+    """The tables whose before and after differ in a task's diff."""
+    diff = result.get("diff") or {}
+    before, after = nft.split_listing(diff.get("before", "")), nft.split_listing(diff.get("after", ""))
+    return sorted(tb for tb in set(before) | set(after) if nft.compare_key(before.get(tb)) != nft.compare_key(after.get(tb)))
 
 
 def apply_play(host, *tasks, **play):
@@ -250,13 +298,7 @@ def test_verified_by_a_full_read_once_then_by_the_generation(netns_pair, playboo
     content = ("table inet kngen {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n"
                f"\t\ttcp dport 7000 counter accept comment \"{nonce}\"\n\t\tudp dport {{ 53, 123 }} accept\n\t}}\n}}\n")
 
-    def generation() -> int:
-        # NFT_MSG_GETGEN read independently of the module's own code
-        code = ("import socket, struct; s = socket.socket(16, 3, 12); s.bind((0, 0)); "
-                "s.send(struct.pack('=IHHII', 20, 0xa10, 1, 1, 0) + bytes(4)); print(struct.unpack_from('>I', s.recv(4096), 24)[0])")
-        return int(h1.run([sys.executable, "-c", code]).stdout)
-
-    start = generation()
+    start = generation(h1)
     run = playbook(apply_play("h1", nft_task("first", content=content)), inv)
     first = run.task("first")["result"]
     # the table did not exist: no scratch namespace, the apply's read-back is the script's form
@@ -270,7 +312,7 @@ def test_verified_by_a_full_read_once_then_by_the_generation(netns_pair, playboo
     # the same table in the kernel as after the fully verified apply
     assert h1.run(["nft", "list", "table", "inet", "kngen"]).stdout == listed
     # three commits: the two applies and the delete by hand; the no-op committed nothing
-    assert generation() - start == 3
+    assert generation(h1) - start == 3
 
 
 def test_two_tasks_on_different_tables_in_parallel_forks(netns_pair, playbook, tmp_path):
@@ -375,3 +417,92 @@ def test_structured_ruleset_and_its_schema_errors(netns_pair, playbook):
     assert "nothing was changed" in msg and "Interface does not exist" in msg and "content:4:" in msg, msg
     assert "nosuch0" not in table(h1, "inet knif")
     assert [n for n in os.listdir("/run/netns") if n.startswith("kubenode-scratch-")] == []
+
+
+# ------------------------------------------------------------------ the kernel's forms, learnt right
+
+
+def test_interface_names_in_concatenations_vmaps_and_sets_of_every_family(netns_pair, playbook):
+    """Interfaces in concatenations (iif . oif), vmaps and sets, in every family nft accepts them, loaded
+    without the canonical cache: the scratch namespace gets a stand-in for exactly the names nft asks for
+    (never '.', a set's name or a comment's words), with the host's interface index, so the kernel lists
+    the elements in the host's order."""
+    lab, inv = netns_pair
+    h1 = lab.hosts[0]
+    add_lans(h1)
+    content = "".join(e["nft"] for e in CORPUS if e["name"].startswith("iface-"))
+    tables = nft.tables_named(content)
+    assert {tb.split()[0] for tb in tables} == set(nft.FAMILIES)
+    runs = (("first", False), ("second", False), ("check", True))
+    tasks = []
+    for name, check in runs:
+        tasks += [dict(nft_task(name, content=content, canonical_cache=False), check_mode=check, diff=True)] + state_tasks(name)
+    run = playbook(apply_play("h1", *tasks), inv)
+    assert run.rc == 0, run.explain()
+    assert status(run, "first") == "changed", run.task("first")
+    for name in ("second", "check"):
+        result = run.task(name)["result"]
+        assert status(run, name) == "ok", (name, differing(result), result.get("msg"))
+        assert result["canonical_source"] == "scratch namespace"
+    first = listed(run, "first")
+    assert set(first) == set(tables)
+    # lan1 has the lower index: the kernel's order, not the script's
+    assert 'elements = { "lan1", "lan0" }' in first["netdev knc_if_netdev"]
+    for name in ("second", "check"):
+        assert listed(run, name) == first, name
+        assert run.task(f"generation {name}")["result"]["stdout"] == run.task("generation first")["result"]["stdout"]
+
+
+CORPUS_PHASES = (  # name, check mode, canonical_cache
+    ("apply", False, False),
+    ("check without the cache", True, False),
+    ("again", False, False),
+    # a no-op with the cache stores the form it compared with, which the check after it reads back
+    ("again with the cache", False, True),
+    ("check with the cache", True, True),
+)
+CORPUS_GROUP = 40  # entries per task, one module run per entry would take minutes; two hosts at once
+
+
+def test_corpus_check_mode_agrees_with_the_real_run(netns_pair, playbook):
+    """Every table of nft_corpus.yml, applied, then run again in check mode and for real: nothing to change.
+
+    A check mode that says changed where the real run says unchanged (or the reverse) means the scratch
+    namespace's form of a table is not the live kernel's; a failure names the tables that differ.
+    """
+    lab, inv = netns_pair
+    for host in lab.hosts:
+        add_lans(host)
+    entries = [e for e in CORPUS if supported(lab.hosts[0], e.get("needs"))]
+    assert len(entries) >= 150
+    groups = [entries[i:i + CORPUS_GROUP] for i in range(0, len(entries), CORPUS_GROUP)]
+    # half of the groups on each host (fewer tables to list per nft run), both hosts at once
+    on = {h.name: groups[k::len(lab.hosts)] for k, h in enumerate(lab.hosts)}
+    scripts = {name: ["".join(e["nft"] for e in group) for group in mine] for name, mine in on.items()}
+    tasks = []
+    for phase, check, cache in CORPUS_PHASES:
+        for n in range(max(len(mine) for mine in on.values())):
+            task = nft_task(f"{phase} {n}", content=f"{{{{ corpus[inventory_hostname][{n}] }}}}", canonical_cache=cache)
+            tasks.append(dict(task, check_mode=check, diff=True, when=f"corpus[inventory_hostname] | length > {n}"))
+        tasks += state_tasks(phase)
+    run = playbook([{"hosts": "all", "gather_facts": False, "vars": {"corpus": scripts}, "tasks": tasks}], inv, forks=2)
+    assert run.rc == 0, run.explain()
+    problems = []
+    for phase, _check, _cache in CORPUS_PHASES:
+        wanted = "changed" if phase == "apply" else "ok"
+        for host, mine in on.items():
+            for n, group in enumerate(mine):
+                result = run.task(f"{phase} {n}", host)["result"]
+                found = status(run, f"{phase} {n}", host)
+                if found != wanted:
+                    what = differing(result) or [e["name"] for e in group]
+                    problems.append(f"{phase}: {found} for {', '.join(what)}: {result.get('msg', '')}")
+    assert problems == [], "\n".join(problems)
+    # the runs after the first wrote nothing: the same tables, and not one more committed transaction
+    for host, mine in on.items():
+        first = listed(run, "apply", host)
+        assert len(first) == sum(len(nft.tables_named(e["nft"])) for group in mine for e in group)
+        for phase, _check, _cache in CORPUS_PHASES[1:]:
+            assert listed(run, phase, host) == first, (host, phase)
+            generation_after = run.task(f"generation {phase}", host)["result"]["stdout"]
+            assert generation_after == run.task("generation apply", host)["result"]["stdout"], (host, phase)
