@@ -22,9 +22,8 @@ from typing import Callable, Dict, Iterator, TypeVar
 
 import pytest
 
-from tests.harness.kube import kubeadm_addon
+from tests.harness.kube import fixtures, kubeadm_addon
 from tests.harness.kube.cluster import PDEATHSIG, Cluster, kube_proxy_addon
-from tests.harness.kube.fixtures import kube_cluster  # noqa: F401  (a fixture)
 from tests.harness.kube.netns_proxy import KubeProxy, curl, start_kube_proxy
 from tests.harness.netns_hosts import Host, Lab
 
@@ -37,6 +36,8 @@ NODE_PORT_SERVICE = "kn-web-np"
 # Which host runs kube-proxy in which mode; the other one is the outside client of its NodePort.
 PROXY_HOST = {"iptables": 0, "nftables": 2}
 T = TypeVar("T")
+# The session's real control plane (tests/harness/kube/fixtures.py), made a fixture of this module by its name.
+kube_cluster = fixtures.kube_cluster
 
 
 def eventually(check: Callable[[], T], seconds: float = 10.0, interval: float = 0.2) -> T:
@@ -52,7 +53,7 @@ def eventually(check: Callable[[], T], seconds: float = 10.0, interval: float = 
 
 
 @pytest.fixture(scope="module")
-def kube_lab(kube_cluster: Cluster, tmp_path_factory) -> Iterator[Dict]:  # noqa: F811 (the imported fixture)
+def kube_lab(kube_cluster: Cluster, tmp_path_factory) -> Iterator[Dict]:
     if os.geteuid() != 0:
         pytest.skip("netns hosts need root")
     work = tmp_path_factory.mktemp("kube-real")
@@ -116,7 +117,7 @@ def assert_rules(mode: str, rules: str, cluster_ip: str, node_port: int, endpoin
 
 
 @pytest.fixture
-def proxy_in(kube_cluster: Cluster, kube_lab) -> Iterator[Callable[[str], KubeProxy]]:  # noqa: F811
+def proxy_in(kube_cluster: Cluster, kube_lab) -> Iterator[Callable[[str], KubeProxy]]:
     started = []
 
     def start(mode: str) -> KubeProxy:
@@ -133,7 +134,7 @@ def proxy_in(kube_cluster: Cluster, kube_lab) -> Iterator[Callable[[str], KubePr
 
 
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
-def test_real_kube_proxy_serves_cluster_ip_and_node_port(mode, kube_cluster, kube_lab, proxy_in):  # noqa: F811
+def test_real_kube_proxy_serves_cluster_ip_and_node_port(mode, kube_cluster, kube_lab, proxy_in):
     lab: Lab = kube_lab["lab"]
     cluster_ip = kube_lab["services"][CLUSTER_IP_SERVICE]["spec"]["clusterIP"]
     node_port = kube_lab["services"][NODE_PORT_SERVICE]["spec"]["ports"][0]["nodePort"]
@@ -164,7 +165,7 @@ def test_real_kube_proxy_serves_cluster_ip_and_node_port(mode, kube_cluster, kub
     print(f"{mode}: healthy {healthy_after:.1f} s after start, whole check {time.monotonic() - started:.1f} s")
 
 
-def test_kube_system_holds_kubeadm_kube_proxy_addon(kube_cluster):  # noqa: F811
+def test_kube_system_holds_kubeadm_kube_proxy_addon(kube_cluster):
     """The objects `kubeadm init` makes for kube-proxy, as the API server stored them from kubeadm's own output."""
     wanted = {d["kind"]: d for d in kube_proxy_addon(kube_cluster.ports.api)}
     ns = "/api/v1/namespaces/kube-system"
@@ -181,8 +182,8 @@ def test_kube_system_holds_kubeadm_kube_proxy_addon(kube_cluster):  # noqa: F811
     ds = kube_cluster.api("GET", "/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy")
     pod = ds["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.k8s.io/kube-proxy:v1.37.2"
-    assert pod["containers"][0]["command"] == ["/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf",
-                                              "--hostname-override=$(NODE_NAME)"]
+    assert pod["containers"][0]["command"] == [
+        "/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf", "--hostname-override=$(NODE_NAME)"]
     assert pod["hostNetwork"] is True and pod["priorityClassName"] == "system-node-critical"
     assert pod["tolerations"] == [{"operator": "Exists"}] and pod["serviceAccountName"] == "kube-proxy"
     assert [v["name"] for v in pod["volumes"]] == ["kube-proxy", "xtables-lock", "lib-modules"]

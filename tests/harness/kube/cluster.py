@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A real one-node Kubernetes control plane for the tests: etcd and kube-apiserver on 127.0.0.1.
 
 The binaries are the ones build.py builds from upstream source. No kubelet, controller-manager or
@@ -375,7 +374,7 @@ class Ports:
         """Three ports the kernel has free now: for a cluster of one test session, beside a `make cluster-up` one."""
         socks = []
         try:
-            for _ in range(3):
+            for _attempt in range(3):
                 s = socket.socket()
                 s.bind((LOOPBACK, 0))
                 socks.append(s)
@@ -445,19 +444,28 @@ class Cluster:
         return pid if _pid_alive(pid, binary or self._binary(name)) else None
 
     # -- life cycle --
-    def running(self) -> bool:
-        """Both processes alive and the API server ready."""
+    def _alive(self) -> bool:
         if not self.admin_conf.exists() or not (self.dir / "bin_dir").exists():
             return False
-        if self._pid("etcd") is None or self._pid("kube-apiserver") is None:
-            return False
-        try:
-            return self._get_raw("/readyz")[0] == 200
-        except (OSError, ssl.SSLError, http.client.HTTPException):
-            return False
+        return self._pid("etcd") is not None and self._pid("kube-apiserver") is not None
+
+    def running(self, patience: float = 0.0) -> bool:
+        """Both processes alive and the API server ready (within *patience* seconds: a loaded machine may be slow)."""
+        deadline = time.monotonic() + patience
+        while self._alive():
+            try:
+                if self._get_raw("/readyz")[0] == 200:
+                    return True
+            except (OSError, ssl.SSLError, http.client.HTTPException):
+                pass
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        return False
 
     def start(self) -> "Cluster":
-        if self.running():
+        # Live processes that are slow to answer are waited for, not restarted.
+        if self.running(patience=30.0):
             return self
         # Half a cluster (one process died, an interrupted start) is not repaired: start from nothing.
         self.stop()
@@ -704,7 +712,7 @@ class Cluster:
                               node_name: Optional[str] = None, ready: bool = True) -> Dict[str, Any]:
         """The EndpointSlice that the controller-manager would make for *service* (none runs here)."""
         slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-                  "metadata": {"name": name or f"{service}-kubenode",  "namespace": namespace,
+                  "metadata": {"name": name or f"{service}-kubenode", "namespace": namespace,
                                "labels": {SERVICE_NAME_LABEL: service,
                                           "endpointslice.kubernetes.io/managed-by": "kubenode.test"}},
                   "endpoints": [{"addresses": [a], "conditions": {"ready": ready, "serving": ready, "terminating": False},
@@ -794,7 +802,7 @@ def kube_proxy_addon(api_port: int = API_PORT) -> List[Dict[str, Any]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n", maxsplit=1)[0])
     parser.add_argument("--dir", type=Path, default=STATE_DIR, help="state directory (default %(default)s)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="start the cluster (or find it running) and print admin.conf's path")
@@ -819,7 +827,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.cmd == "_forward":
         fwd = Forwarder(args.netns, (NETNS_ADDRESS, cluster.ports.api), (LOOPBACK, cluster.ports.api))
-        signal.signal(signal.SIGTERM, lambda *_: (fwd.stop(), sys.exit(0)))
+
+        def on_term(_signum: int, _frame: Any) -> None:
+            fwd.stop()
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, on_term)
         fwd.start()
         print(f"listening on {NETNS_ADDRESS}:{cluster.ports.api} in {args.netns}", flush=True)
         fwd.serve_forever()
@@ -831,7 +844,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if cluster.running() else 1
     if args.cmd == "up":
         try:
-            if cluster.running():
+            if cluster.running(patience=30.0):
                 print(f"kube cluster: running (API {cluster.server})", file=sys.stderr)
             else:
                 cluster.start()

@@ -1,6 +1,7 @@
-"""pytest fixtures for the real Kubernetes components. Import them into a test module to use them:
+"""pytest fixtures for the real Kubernetes components. A test module makes one its own by its name:
 
-    from tests.harness.kube.fixtures import kube_cluster  # noqa: F401  (a fixture)
+    from tests.harness.kube import fixtures
+    kube_cluster = fixtures.kube_cluster      # (an assignment, not an import that linters call unused)
 
 (tests/conftest.py is shared by every tier and stays free of them: only the tests that want a cluster pay for one.)
 """

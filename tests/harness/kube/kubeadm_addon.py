@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """kubeadm's kube-proxy addon as kubeadm itself prints it, for the one-node test cluster (cluster.py).
 
 The objects `kubeadm init` creates for kube-proxy in kube-system (ServiceAccount, ClusterRoleBinding
@@ -96,7 +95,7 @@ def print_manifest(kubeadm: Path, version: str = build.KUBERNETES_VERSION) -> st
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "kubeadm.yaml"
         config.write_text(KUBEADM_CONFIG.format(address=ADVERTISE_ADDRESS, port=BIND_PORT, version=version,
-                                                 endpoint=CONTROL_PLANE_ENDPOINT))
+                                                endpoint=CONTROL_PLANE_ENDPOINT))
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         proc = subprocess.run([str(kubeadm), "init", "phase", "addon", "kube-proxy", "--print-manifest",
                                "--config", str(config)],
@@ -122,7 +121,7 @@ def config_map_hash(data: Dict[str, str]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n", maxsplit=1)[0])
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", action="store_true", help=f"rewrite {addon_file().name}")
     group.add_argument("--check", action="store_true", help="compare kubeadm's output with the committed file")

@@ -87,7 +87,7 @@ def curl(host: Host, url: str, timeout: float = 3.0) -> Tuple[int, str]:
     """GET *url* from inside *host* with curl: (HTTP status, body); status 0 when nothing answered in time."""
     proc = host.run(["curl", "-s", "--max-time", str(timeout), "-o", "/dev/stdout", "-w", "\n%{http_code}", url],
                     check=False)
-    body, _, code = proc.stdout.rpartition("\n")
+    body, _sep, code = proc.stdout.rpartition("\n")
     return (int(code) if code.isdigit() else 0), body
 
 
