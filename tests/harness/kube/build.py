@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build the real kube-apiserver, kube-proxy and etcd from upstream source, through the Go module proxy only.
 
 Usage: ``python3 tests/harness/kube/build.py [--print-dir]`` builds what is missing and prints the
@@ -154,7 +153,7 @@ def run_go(args: Sequence[str], cwd: Path, what: str, log: Optional[Path] = None
     """Run one go command niced; return its stdout. On failure raise BuildError naming *what* was wanted."""
     command = [*NICE, "go", *args]
     proc = subprocess.run(command, cwd=str(cwd), env=dict(env or go_env()), stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as fh:
@@ -330,7 +329,7 @@ def ensure_binaries(kubernetes_version: str = KUBERNETES_VERSION, etcd_version: 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n", maxsplit=1)[0])
     parser.add_argument("--print-dir", action="store_true",
                         help="print only the directory of the binaries (for $(...) in a shell)")
     parser.add_argument("--kubernetes-version", default=KUBERNETES_VERSION, help="k8s.io/kubernetes version (default %(default)s)")
