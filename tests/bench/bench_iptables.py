@@ -595,6 +595,10 @@ def machine() -> dict:
             "load": " ".join(Path("/proc/loadavg").read_text().split()[:3])}
 
 
+def log_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -618,10 +622,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kn-bench-ipt-") as tmp:
         b = Bench(Path(tmp))
         try:
-            log = (lambda m: print(m, file=sys.stderr, flush=True))
-            res = measure(b, sizes, args.runs, args.loop_rules, log, args.playbook_runs, args.fleet_hosts)
+            res = measure(b, sizes, args.runs, args.loop_rules, log_line, args.playbook_runs, args.fleet_hosts)
             if args.before:
-                res["before_after"] = before_after(b, sizes, 5, args.before, log)
+                res["before_after"] = before_after(b, sizes, 5, args.before, log_line)
         finally:
             b.close()
     ended = machine()

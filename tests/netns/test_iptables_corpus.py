@@ -86,8 +86,9 @@ def test_every_form_iptables_accepts_converges_and_every_other_is_refused(backen
     # the forms iptables rejects, one run each, on top of the converged chains: all refused, nothing moves
     # (without counters: the host's own IPv6 neighbour discovery counts in the converged INPUT chains)
     before = {f: strip_counters(save(h1, backend, f)) for f in FAMILIES}
-    calls = [{"module": "iptables_ruleset", "args": {"backend": backend, "canonical_cache": False,
-                                                      "chains": [dict(spec(f), chain="KUBENODE-BAD")]}} for f in rejected]
+    calls = [{"module": "iptables_ruleset",
+              "args": {"backend": backend, "canonical_cache": False, "chains": [dict(spec(f), chain="KUBENODE-BAD")]}}
+             for f in rejected]
     results = drive(h1, calls)
     refused = [(f["rules"][-1], r.get("msg", "")) for f, r in zip(rejected, results)]
     not_refused = [(rule, msg) for rule, msg in refused

@@ -46,7 +46,7 @@ CONFIGMAP_HASH_ANNOTATION = "kubeadm.kubernetes.io/component-config.hash"
 
 
 def addon_file(version: str = build.KUBERNETES_VERSION) -> Path:
-    return HERE / f"kubeadm-{version}-kube-proxy-addon.yaml"
+    return HERE / f"kubeadm-{version}-kube-proxy-addon.manifest"
 
 
 # The configuration handed to kubeadm: only what `kubeadm init` would take from its flags for this cluster.
