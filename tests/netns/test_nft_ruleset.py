@@ -110,6 +110,7 @@ def add_lans(host) -> None:
 
 
 def supported(host, needs) -> bool:
+    """Whether the host's kernel accepts what a corpus entry's `needs` names (nothing needed: yes)."""
     return not needs or host.run(["nft", "-c", "-f", "-"], input=PROBES[needs], check=False).returncode == 0
 
 
@@ -496,7 +497,7 @@ def test_corpus_check_mode_agrees_with_the_real_run(netns_pair, playbook):
                 found = status(run, f"{phase} {n}", host)
                 if found != wanted:
                     what = differing(result) or [e["name"] for e in group]
-                    problems.append(f"{phase}: {found} for {', '.join(what)}: {result.get('msg', '')}")
+                    problems.append(f"{host}, {phase}: {found} for {', '.join(what)}: {result.get('msg', '')}")
     assert problems == [], "\n".join(problems)
     # the runs after the first wrote nothing: the same tables, and not one more committed transaction
     for host, mine in on.items():
