@@ -709,12 +709,13 @@ class NftBackend(Backend):
                     "nothing was changed"
                 )
 
-    def canonical(self, check_mode: bool, learn: bool = False) -> t.Dict[str, str]:
+    def canonical(self, check_mode: bool, learn: bool = False, fresh: bool = False) -> t.Dict[str, str]:
         """The kernel's listing of the desired script, normalised, per owned table.
 
         With ``learn`` (the owned tables do not exist, so the apply is certain), a script that is not
         in the cache is not loaded into a scratch namespace: its form is read back from the kernel
-        after the apply instead, and the tables are UNKNOWN until then.
+        after the apply instead, and the tables are UNKNOWN until then. With ``fresh``, the cache is
+        not asked.
         """
         script = self.opts.script or ""
         nft = self._nft()
@@ -722,7 +723,7 @@ class NftBackend(Backend):
         if not self._version:
             self._version = self.runner.run([nft, "--version"], what="reading nft's version").out.strip()
         key = CanonicalCache.key(self._version, self.opts.tables, script)
-        hit = self.cache.get(key)
+        hit = None if fresh else self.cache.get(key)
         self._time("cache", since)
         if hit is not None and set(hit) == set(self.opts.tables):
             self.canonical_source = "cache"
@@ -805,6 +806,13 @@ class NftBackend(Backend):
             learn = (not self.module.check_mode and not self.opts.persist and not self.opts.confirm_timeout
                      and all(before.tables.get(tb) is None for tb in self.opts.tables))
             tables = dict(self.canonical(self.module.check_mode, learn=learn))
+            if self.canonical_source == "cache" and any(
+                    before.tables.get(tb) is not None and compare_key(before.tables[tb]) != compare_key(tables[tb])
+                    for tb in self.opts.tables):
+                # the cache is a fast path, not the judge: a remembered form that a live table shows otherwise
+                # may be stale (the host's interfaces took other indexes, so sets of them list in another
+                # order), so the kernel is asked again before anything is called a change
+                tables = dict(self.canonical(self.module.check_mode, fresh=True))
         files: t.Dict[str, t.Optional[str]] = {}
         if self.opts.persist:
             files = self.desired_files(tables, before.files)

@@ -94,4 +94,8 @@ def test_commands(case, tmp_path, monkeypatch):
             assert result["verified"] == expect["verified"]
     if "cached_after" in expect:
         assert (cache.get(key) is not None) is expect["cached_after"]
+    if "cached_form" in expect:
+        # what the cache holds now: the kernel's form of that file
+        listed = nft.split_listing((FIX / expect["cached_form"]).read_text())
+        assert cache.get(key) == {tb: nft.normalise(listed[tb]) for tb in opts.tables}
     assert module.steps == [], f"commands that should have run did not: {module.steps}"
