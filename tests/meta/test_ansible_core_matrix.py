@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.harness.sanity_copy import place
+
 ROOT = Path(__file__).resolve().parents[2]
 # the newest of each older release line that installs on this Python (pip index versions ansible-core)
 VERSIONS = ["2.16.19", "2.17.14", "2.18.19"]
@@ -29,7 +31,6 @@ OLDEST = VERSIONS[0]
 TOOLS = ("pytest", "pyroute2", "jsonschema", "PyYAML")
 SANITY = ["import", "compile", "validate-modules", "runtime-metadata", "ansible-doc", "action-plugin-docs"]
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
-EXCLUDE = [".git", ".venv", ".venv-bench", "build", ".cache", "tests/output", "__pycache__", ".pytest_cache", ".ansible"]
 
 
 def _pins() -> list[str]:
@@ -79,17 +80,8 @@ def test_units(version):
 def oldest_sanity():
     bindir = environment(OLDEST)
     copy = ROOT / "build" / f"sanity-{OLDEST}" / "ansible_collections" / "kubenode" / "dataplane"
-    copy.mkdir(parents=True, exist_ok=True)
-    argv = ["rsync", "-a", "--delete"] + [f"--exclude=/{e}" if "/" in e or e.startswith(".") else f"--exclude={e}"
-                                          for e in EXCLUDE]
-    subprocess.run(argv + [f"{ROOT}/", f"{copy}/"], check=True)
-    if not (copy / ".git").exists():
-        subprocess.run(["git", "init", "-q", str(copy)], check=True)
-    subprocess.run(["git", "-C", str(copy), "add", "-A"], check=True)
-    # ansible-test 2.16 and 2.17 bootstrap pip 23.1.2 with get-pip.py, from a host these machines cannot reach
-    cache = Path.home() / ".ansible" / "test" / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "tests" / "sanity" / "get_pip_bootstrap.py", cache / "get_pip_23_1_2.py")
+    # ansible-test 2.16 and 2.17 bootstrap pip 23.1.2 with get-pip.py
+    place(copy, "get_pip_23_1_2.py")
     shutil.rmtree(copy / "tests" / "output", ignore_errors=True)
     tests = [a for name in SANITY for a in ("--test", name)]
     proc = subprocess.run([str(bindir / "ansible-test"), "sanity", "--venv", "--python", PYTHON, "--junit",

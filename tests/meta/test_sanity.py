@@ -15,26 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.sanity_copy import place
+
 ROOT = Path(__file__).resolve().parents[2]
 COPY = ROOT / "build" / "sanity" / "ansible_collections" / "kubenode" / "dataplane"
 ANSIBLE_TEST = str(Path(sys.executable).parent / "ansible-test")
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
-EXCLUDE = [".git", ".venv", ".venv-bench", "build", ".cache", "tests/output", "__pycache__", ".pytest_cache", ".ansible"]
 
 
 def _sync() -> None:
-    argv = ["rsync", "-a", "--delete"] + [f"--exclude=/{e}" if "/" in e or e.startswith(".") else f"--exclude={e}" for e in EXCLUDE]
-    COPY.mkdir(parents=True, exist_ok=True)
-    subprocess.run(argv + [f"{ROOT}/", f"{COPY}/"], check=True)
-    # ansible-test lists files through git; the copy lives under the checkout's ignored build/
-    # folder, so it gets a repository of its own
-    if not (COPY / ".git").exists():
-        subprocess.run(["git", "init", "-q", str(COPY)], check=True)
-    subprocess.run(["git", "-C", str(COPY), "add", "-A"], check=True)
-    # ansible-test fetches get-pip.py from a host these machines cannot reach: use our stand-in
-    cache = Path.home() / ".ansible" / "test" / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "tests" / "sanity" / "get_pip_bootstrap.py", cache / "get_pip_24_2.py")
+    place(COPY, "get_pip_24_2.py")
 
 
 def _list_tests() -> list[str]:
