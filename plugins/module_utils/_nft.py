@@ -323,13 +323,9 @@ class StandIns(Scratch):
         self._free += 1
         return self._free - 1
 
-    def stand_in(self, interface: str) -> None:
-        index = self.host.get(interface) or self._index()
-        peer = f"knpeer{self._links}"
-        self._links += 1
-        self.runner.run([self._ip, "-n", self.name, "link", "add", interface, "index", str(index), "type", "veth",
-                         "peer", "name", peer, "index", str(self._index())],
-                        what=f"creating a stand-in for interface {interface} in the scratch namespace")
+    def stand_in(self, interface: str, index: t.Optional[int] = None, peer_index: t.Optional[int] = None) -> None:
+        index = index or self.host.get(interface) or self._index()
+        super().stand_in(interface, index, peer_index or self._index())
         self.made.append(interface)
 
 

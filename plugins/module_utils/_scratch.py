@@ -79,11 +79,15 @@ class Scratch:
     def run(self, argv: t.Sequence[str], **kwargs: t.Any) -> Result:
         return self.runner.run(self.argv(argv), **kwargs)
 
-    def stand_in(self, interface: str) -> None:
-        """An interface of that name (one end of a veth pair), for rules that resolve it when loaded."""
+    def stand_in(self, interface: str, index: t.Optional[int] = None, peer_index: t.Optional[int] = None) -> None:
+        """An interface of that name (one end of a veth pair), for rules that resolve it when loaded; with
+        ``index`` (and ``peer_index`` for the other end), the interface index it takes."""
         peer = f"knpeer{self._links}"
         self._links += 1
-        self.runner.run([self._ip, "-n", self.name, "link", "add", interface, "type", "veth", "peer", "name", peer],
+        end = ["index", str(index)] if index is not None else []
+        other = ["index", str(peer_index)] if peer_index is not None else []
+        argv = [self._ip, "-n", self.name, "link", "add", interface] + end + ["type", "veth", "peer", "name", peer]
+        self.runner.run(argv + other,
                         what=f"creating a stand-in for interface {interface} in the scratch namespace")
 
     def reap(self) -> None:
