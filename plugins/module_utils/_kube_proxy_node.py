@@ -11,11 +11,16 @@ footprint, and the mode kube-proxy reports at /proxyMode.
 
 Leftovers (kube_proxy_leftovers): kube-proxy removes nftables rules when it starts in iptables
 or ipvs mode and iptables/ipvs rules when it starts in nftables mode, but nothing between
-iptables and ipvs, which share chain names (kubernetes#102314). So after a switch to ipvs the
-per-service chains of iptables mode (KUBE-SVC-*, KUBE-SVL-*, KUBE-SEP-*, KUBE-FW-*, KUBE-EXT-*,
-KUBE-XLB-*) stay, and after leaving ipvs the kube-ipvs0 dummy interface keeps every Service IP
-bound on the node and IPVS keeps its virtual services. This backend removes exactly those,
-and never a rule of the mode that runs, nor anything outside kube-proxy's names.
+iptables and ipvs, which share chain names (kubernetes#102314; cmd/kube-proxy/app
+server_linux.go platformCleanup). What the real kube-proxy v1.37 leaves, seen on the VM:
+after iptables -> ipvs, iptables mode's per-service chains (KUBE-SVC-*, KUBE-SEP-*, ...), its
+fixed chains that ipvs mode does not use (filter KUBE-SERVICES with its REJECT rules for
+Services without endpoints, KUBE-EXTERNAL-SERVICES, KUBE-NODEPORTS, KUBE-PROXY-CANARY) and its
+jumps from the built-in chains, also into chains both modes use (told apart by their comments);
+after ipvs -> iptables, ipvs mode's chains (KUBE-IPVS-FILTER, KUBE-NODE-PORT, ...) and jumps,
+its IPVS virtual services, kube-ipvs0 with every Service IP bound, and its KUBE-* ipsets. This
+backend removes exactly those (an ipset only when no rule that stays names it), and never a
+rule of the mode that runs, nor anything outside kube-proxy's names.
 """
 
 from __future__ import annotations
@@ -41,6 +46,65 @@ IPVS_DEPRECATION = (
 )
 # per-service chains of iptables mode; ipvs mode never creates these names
 IPTABLES_MODE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-", "KUBE-XLB-")
+# The fixed chains each iptables-based mode creates, by table, and the comments of its jumps into them from the
+# built-in chains (kube-proxy v1.37: pkg/proxy/iptables/proxier.go iptablesJumpChains and its canary,
+# pkg/proxy/ipvs/proxier.go iptablesChains and iptablesJumpChain). KUBE-FIREWALL is not here: kube-proxy makes it
+# as a duplicate of kubelet's and never removes it, and neither do we.
+MODE_CHAINS: t.Dict[str, t.Dict[str, t.FrozenSet[str]]] = {
+    "iptables": {
+        "filter": frozenset({"KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-FORWARD",
+                             "KUBE-PROXY-FIREWALL", "KUBE-PROXY-CANARY"}),
+        "nat": frozenset({"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-PROXY-CANARY"}),
+        "mangle": frozenset({"KUBE-PROXY-CANARY"}),
+    },
+    "ipvs": {
+        "filter": frozenset({"KUBE-FORWARD", "KUBE-NODE-PORT", "KUBE-PROXY-FIREWALL", "KUBE-SOURCE-RANGES-FIREWALL",
+                             "KUBE-IPVS-FILTER", "KUBE-IPVS-OUT-FILTER"}),
+        "nat": frozenset({"KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER", "KUBE-MARK-MASQ"}),
+    },
+}
+MODE_JUMPS: t.Dict[str, t.FrozenSet[t.Tuple[str, str, str]]] = {  # (table, target, comment)
+    "iptables": frozenset({
+        ("filter", "KUBE-EXTERNAL-SERVICES", "kubernetes externally-visible service portals"),
+        ("filter", "KUBE-NODEPORTS", "kubernetes health check service ports"),
+        ("filter", "KUBE-SERVICES", "kubernetes service portals"),
+        ("filter", "KUBE-FORWARD", "kubernetes forwarding rules"),
+        ("filter", "KUBE-PROXY-FIREWALL", "kubernetes load balancer firewall"),
+        ("nat", "KUBE-SERVICES", "kubernetes service portals"),
+        ("nat", "KUBE-POSTROUTING", "kubernetes postrouting rules"),
+    }),
+    "ipvs": frozenset({
+        ("nat", "KUBE-SERVICES", "kubernetes service portals"),
+        ("nat", "KUBE-POSTROUTING", "kubernetes postrouting rules"),
+        ("filter", "KUBE-FORWARD", "kubernetes forwarding rules"),
+        ("filter", "KUBE-NODE-PORT", "kubernetes health check rules"),
+        ("filter", "KUBE-PROXY-FIREWALL", "kube-proxy firewall rules"),
+        ("filter", "KUBE-IPVS-FILTER", "kubernetes ipvs access filter"),
+        ("filter", "KUBE-IPVS-OUT-FILTER", "kubernetes ipvs access filter"),
+    }),
+}
+# ipvs mode's ipsets (pkg/proxy/ipvs/ipset.go); IPv6 ones are KUBE-6-..., cut to ipset's 31 characters
+IPVS_IPSETS_V4 = ("KUBE-LOOP-BACK", "KUBE-CLUSTER-IP", "KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL", "KUBE-LOAD-BALANCER",
+                  "KUBE-LOAD-BALANCER-LOCAL", "KUBE-LOAD-BALANCER-FW", "KUBE-LOAD-BALANCER-SOURCE-IP",
+                  "KUBE-LOAD-BALANCER-SOURCE-CIDR", "KUBE-NODE-PORT-TCP", "KUBE-NODE-PORT-LOCAL-TCP",
+                  "KUBE-NODE-PORT-UDP", "KUBE-NODE-PORT-LOCAL-UDP", "KUBE-NODE-PORT-SCTP-HASH",
+                  "KUBE-NODE-PORT-LOCAL-SCTP-HASH", "KUBE-HEALTH-CHECK-NODE-PORT", "KUBE-IPVS-IPS")
+IPVS_IPSETS = frozenset(IPVS_IPSETS_V4) | frozenset(("KUBE-6-" + n[len("KUBE-"):])[:31] for n in IPVS_IPSETS_V4)
+
+
+def stale_chains(live_mode: str, table: str) -> t.FrozenSet[str]:
+    """The fixed chains of the other iptables-based mode(s) in *table* that the live mode does not use."""
+    live = MODE_CHAINS.get(live_mode, {}).get(table, frozenset())
+    other: t.Set[str] = set()
+    for mode, tables in MODE_CHAINS.items():
+        if mode != live_mode:
+            other |= tables.get(table, frozenset())
+    return frozenset(other - live)
+
+
+def comment_of(spec: str) -> t.Optional[str]:
+    words = shlex.split(spec)
+    return words[words.index("--comment") + 1] if "--comment" in words[:-1] else None
 KUBE_IPVS0 = "kube-ipvs0"
 DEFAULT_NODE_PORT_RANGE = "30000-32767"
 
@@ -322,6 +386,8 @@ class Leftovers:
     kept: t.List[str] = field(default_factory=list)  # stale chains still referenced from outside kube-proxy
     services: t.List[VirtualService] = field(default_factory=list)
     link: t.Optional[t.List[str]] = None  # kube-ipvs0's addresses when it exists
+    ipsets: t.List[str] = field(default_factory=list)  # ipvs mode's ipsets, to destroy
+    sets_in_use: t.Set[str] = field(default_factory=set)  # ipsets named by rules that stay
 
     def lines(self) -> t.List[str]:
         out = []
@@ -333,6 +399,7 @@ class Leftovers:
         out.extend(f"ipvs: service {s}" for s in self.services)
         if self.link is not None:
             out.append(f"link: {KUBE_IPVS0} ({', '.join(self.link) or 'no addresses'})")
+        out.extend(f"ipset: {name}" for name in self.ipsets)
         return out
 
     def empty(self) -> bool:
@@ -380,13 +447,18 @@ class LeftoversBackend(Backend):
                 for table in tables.values():
                     self._stale_in(found, (family, backend, table.name), table)
 
-    @staticmethod
-    def _stale_in(found: Leftovers, key: t.Tuple[str, str, str], table: Table) -> None:
-        stale = {c for c in table.chains if c.startswith(IPTABLES_MODE_CHAIN_PREFIXES)}
-        if not stale:
-            return
-        # a stale chain that something outside kube-proxy jumps to stays, with all it leads to
-        kept = {r.target for r in table.rules if r.target in stale and r.chain not in stale and not r.chain.startswith("KUBE-")}
+    def _stale_in(self, found: Leftovers, key: t.Tuple[str, str, str], table: Table) -> None:
+        fixed = stale_chains(self.live_mode, table.name)
+        per_service = self.live_mode != "iptables"
+        stale = {c for c in table.chains if (per_service and c.startswith(IPTABLES_MODE_CHAIN_PREFIXES)) or c in fixed}
+        # the other mode's jumps from the built-in chains into a chain both modes use (its own differ in comment)
+        live_jumps = MODE_JUMPS.get(self.live_mode, frozenset())
+        other_jumps = {j for mode, jumps in MODE_JUMPS.items() if mode != self.live_mode for j in jumps} - live_jumps
+        every_jump = {j for jumps in MODE_JUMPS.values() for j in jumps}
+        # a stale chain that something outside kube-proxy jumps to stays, with all it leads to (kube-proxy's own
+        # jumps from the built-in chains, known by their comments, are not outside)
+        kept = {r.target for r in table.rules if r.target in stale and r.chain not in stale and not r.chain.startswith("KUBE-")
+                and (table.name, r.target, comment_of(r.spec)) not in every_jump}
         grew = True
         while grew:
             more = {r.target for r in table.rules if r.chain in kept and r.target in stale} - kept
@@ -394,10 +466,18 @@ class LeftoversBackend(Backend):
             grew = bool(more)
         stale -= kept
         found.kept.extend(f"{key[0]} {key[1]} {key[2]}: {c}" for c in sorted(kept))
-        if not stale:
-            return
-        found.chains[key] = [c for c in table.chains if c in stale]
-        found.jumps[key] = [(r.chain, r.spec) for r in table.rules if r.target in stale and r.chain not in stale]
+        jumps = [(r.chain, r.spec) for r in table.rules if r.chain not in stale and (
+            r.target in stale or (r.target and not r.chain.startswith("KUBE-")
+                                  and (table.name, r.target, comment_of(r.spec)) in other_jumps))]
+        # the ipsets that rules staying in place name: such a set stays too
+        going = set(jumps)
+        for r in table.rules:
+            if r.chain not in stale and (r.chain, r.spec) not in going and "--match-set" in r.spec:
+                words = shlex.split(r.spec)
+                found.sets_in_use.update(words[i + 1] for i, w in enumerate(words[:-1]) if w == "--match-set")
+        if stale or jumps:
+            found.chains[key] = [c for c in table.chains if c in stale]
+            found.jumps[key] = jumps
 
     def _ipvs(self, found: Leftovers) -> None:
         ip = self.runner.which("ip")
@@ -423,12 +503,24 @@ class LeftoversBackend(Backend):
             if cluster_ip or node_port:
                 found.services.append(service)
 
+    def _ipsets(self, found: Leftovers) -> None:
+        ipset = self.runner.which("ipset", required=False)
+        if not ipset:
+            return
+        names = self.runner.run([ipset, "list", "-n"], what="listing the ipsets").out.split()
+        for name in sorted(n for n in names if n in IPVS_IPSETS):
+            if name in found.sets_in_use:
+                found.kept.append(f"ipset: {name} (a rule that stays names it)")
+            else:
+                found.ipsets.append(name)
+
     def current(self) -> Leftovers:
         found = Leftovers()
-        if self.live_mode != "iptables":
-            self._iptables(found)
+        # every mode reads the rules: ipvs mode's ipsets stay while a rule names them
+        self._iptables(found)
         if self.live_mode != "ipvs":
             self._ipvs(found)
+            self._ipsets(found)
         return found
 
     def desired(self, before: Leftovers) -> Leftovers:
@@ -472,6 +564,8 @@ class LeftoversBackend(Backend):
                             what=f"removing kube-proxy's IPVS service {service}")
         if before.link is not None:
             self.runner.run([self.runner.which("ip"), "link", "del", KUBE_IPVS0], what=f"removing {KUBE_IPVS0}")
+        for name in before.ipsets:
+            self.runner.run([self.runner.which("ipset"), "destroy", name], what=f"removing kube-proxy's ipset {name}")
         return None
 
     def render(self, state: Leftovers) -> str:

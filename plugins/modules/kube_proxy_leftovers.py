@@ -13,14 +13,22 @@ version_added: 0.1.0
 description:
   - kube-proxy removes nftables rules when it starts in iptables or ipvs mode, and iptables and IPVS rules when it starts
     in nftables mode, but nothing between iptables and ipvs mode, which share chain names (kubernetes#102314).
-  - When O(mode) is C(ipvs) or C(nftables), removes the per-service chains only iptables mode creates (C(KUBE-SVC-*),
-    C(KUBE-SVL-*), C(KUBE-SEP-*), C(KUBE-FW-*), C(KUBE-EXT-*), C(KUBE-XLB-*)) from every table of both iptables backends,
-    for IPv4 and IPv6, with the rules of other C(KUBE-*) chains that jump to them, in one C(iptables-restore --noflush)
-    transaction per table, dry-run first with C(--test). A stale chain that a chain outside kube-proxy's names still
-    jumps to is kept, with everything it leads to, and reported in RV(kept).
-  - When O(mode) is C(iptables) or C(nftables), removes the C(kube-ipvs0) dummy interface (which keeps every Service IP
-    bound on the node) and kube-proxy's IPVS virtual services, that is those whose address is bound on C(kube-ipvs0)
-    and those on a local address with a port in O(node_port_range); services in O(exclude_cidrs) are never touched.
+  - When O(mode) is C(ipvs) or C(nftables), removes the chains only iptables mode creates from every table of both
+    iptables backends, for IPv4 and IPv6 - its per-service chains (C(KUBE-SVC-*), C(KUBE-SVL-*), C(KUBE-SEP-*),
+    C(KUBE-FW-*), C(KUBE-EXT-*), C(KUBE-XLB-*)) and the fixed ones ipvs mode does not use (filter C(KUBE-SERVICES),
+    whose REJECT rules for Services without endpoints would otherwise keep rejecting, C(KUBE-EXTERNAL-SERVICES),
+    C(KUBE-NODEPORTS), C(KUBE-PROXY-CANARY)) - with the rules that jump to them, and iptables mode's own jumps from the
+    built-in chains into chains both modes use (told apart by kube-proxy's comments), in one
+    C(iptables-restore --noflush) transaction per table, dry-run first with C(--test). A stale chain that a chain
+    outside kube-proxy's names still jumps to is kept, with everything it leads to, and reported in RV(kept).
+  - When O(mode) is C(iptables) or C(nftables), removes the same way ipvs mode's chains (C(KUBE-IPVS-FILTER),
+    C(KUBE-IPVS-OUT-FILTER), C(KUBE-NODE-PORT), C(KUBE-SOURCE-RANGES-FIREWALL), C(KUBE-LOAD-BALANCER)) and its jumps;
+    the C(kube-ipvs0) dummy interface (which keeps every Service IP bound on the node); kube-proxy's IPVS virtual
+    services, that is those whose address is bound on C(kube-ipvs0) and those on a local address with a port in
+    O(node_port_range) (services in O(exclude_cidrs) are never touched); and ipvs mode's ipsets (C(KUBE-CLUSTER-IP),
+    C(KUBE-6-*) and the others of kube-proxy's list), except one that a rule staying in place names.
+  - What kube-proxy v1.37 leaves at each switch was read from the real kube-proxy on a real kernel; C(KUBE-FIREWALL) is
+    never removed (kube-proxy creates it as a duplicate of kubelet's and does not remove it either).
   - Every other chain, rule, table, interface and IPVS service (Calico's C(cali-*), Docker's, the collection's own, the
     live mode's C(KUBE-SERVICES), C(KUBE-NODE-PORT), C(KUBE-POSTROUTING) and so on) stays byte-identical.
 author: kubenode.dataplane maintainers (@kubenode)
@@ -30,7 +38,8 @@ extends_documentation_fragment:
 attributes:
   diff_mode:
     details:
-      - The diff lists the chains, jump rules, IPVS services and interface that are (or in check mode would be) removed.
+      - The diff lists the chains, jump rules, IPVS services, interface and ipsets that are (or in check mode would be)
+        removed.
 options:
   mode:
     description: The mode kube-proxy runs now (after the switch); its rules are never touched.
@@ -77,7 +86,8 @@ removed:
   sample: ["ipv4 nft nat: rule -A KUBE-NODEPORTS -p tcp -m tcp --dport 30080 -j KUBE-EXT-CDGGSHYLG3RE2FKL",
            "ipv4 nft nat: chain KUBE-SVC-NPX46M4PTMTKRN6Y", "ipvs: service TCP 10.96.0.1:443", "link: kube-ipvs0 (10.96.0.1)"]
 kept:
-  description: Stale chains kept because a chain outside kube-proxy's names jumps to them.
+  description: Stale chains kept because a chain outside kube-proxy's names jumps to them, and ipsets kept because a
+    rule that stays names them.
   returned: success
   type: list
   elements: str
