@@ -34,7 +34,7 @@ from ansible_collections.kubenode.dataplane.plugins.module_utils import _schema
 from ansible_collections.kubenode.dataplane.plugins.module_utils import _yamledit
 from ansible_collections.kubenode.dataplane.plugins.module_utils._converge import Backend
 from ansible_collections.kubenode.dataplane.plugins.module_utils._kube_proxy_node import IPVS_DEPRECATION
-from ansible_collections.kubenode.dataplane.plugins.module_utils._kubeapi import Conflict, NotFound
+from ansible_collections.kubenode.dataplane.plugins.module_utils._kubeapi import Conflict, KubeApiError, NotFound, Unreachable
 from ansible_collections.kubenode.dataplane.plugins.module_utils._kube_proxy_schema import (
     API_VERSION,
     KIND,
@@ -511,6 +511,7 @@ class ConfigMapSource(Source):
         self.retries = retries
         self.conflicts = 0
         self.resource_version = ""
+        self.written = False
         self.where = f"ConfigMap {namespace}/{name} key {key}"
         self.untouched = f"the ConfigMap {namespace}/{name} was not changed"
 
@@ -524,6 +525,12 @@ class ConfigMapSource(Source):
         except NotFound:
             raise ConfigError(f"there is no ConfigMap {self.namespace}/{self.name} on the cluster (is kube-proxy deployed by kubeadm?); "
                               "nothing was changed") from None
+        except KubeApiError as exc:
+            if self.written:
+                # the re-read that verifies the write
+                raise ConfigError(f"the ConfigMap {self.namespace}/{self.name} was changed (resourceVersion "
+                                  f"{self.resource_version}) but could not be read back to verify it: {exc}") from None
+            raise ConfigError(f"{exc}; {self.untouched}") from None
         data = obj.get("data") or {}
         if self.key not in data:
             raise ConfigError(f"the ConfigMap {self.namespace}/{self.name} has no key {self.key!r} (it has {sorted(data)}); "
@@ -538,6 +545,11 @@ class ConfigMapSource(Source):
             obj.setdefault("data", {})[self.key] = after.text
             try:
                 written = self.client.request("PUT", self.api_path, obj)
+            except Unreachable as exc:
+                if exc.sent:
+                    raise ConfigError(f"{exc}; the PUT of the ConfigMap {self.namespace}/{self.name} may or may not "
+                                      "have been applied (run again: the merge finds what is there)") from None
+                raise ConfigError(f"{exc}; {self.untouched}") from None
             except Conflict:
                 self.conflicts += 1
                 if self.conflicts > self.retries:
@@ -551,6 +563,7 @@ class ConfigMapSource(Source):
                     return final
                 continue
             self.resource_version = written.get("metadata", {}).get("resourceVersion", "")
+            self.written = True
             return final
 
     def result(self) -> dict:
@@ -661,10 +674,13 @@ def rollout(client: t.Any, namespace: str, name: str, *, restart: bool, wait: bo
     """Restart the DaemonSet's pods (rolling, by a pod-template annotation) and wait for the rollout."""
     clock = clock or time
     path = client.daemonset_path(namespace, name)
+    what_not = "was not restarted" if restart else "could not be read"
     try:
         ds = client.request("GET", path)
     except NotFound:
         raise DataplaneError(f"there is no DaemonSet {namespace}/{name} on the cluster; nothing was changed") from None
+    except KubeApiError as exc:
+        raise DataplaneError(f"the DaemonSet {namespace}/{name} {what_not}: {exc}") from None
     strategy = (ds.get("spec", {}).get("updateStrategy") or {}).get("type") or "RollingUpdate"
     if restart and strategy != "RollingUpdate":
         raise DataplaneError(f"the DaemonSet {namespace}/{name} uses the {strategy} update strategy, so a restart "
@@ -677,7 +693,15 @@ def rollout(client: t.Any, namespace: str, name: str, *, restart: bool, wait: bo
             return result
         stamp = stamp or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
-        ds = client.request("PATCH", path, patch, content_type="application/strategic-merge-patch+json")
+        try:
+            ds = client.request("PATCH", path, patch, content_type="application/strategic-merge-patch+json")
+        except Unreachable as exc:
+            if exc.sent:
+                raise DataplaneError(f"the restart of the DaemonSet {namespace}/{name} was sent but not answered, so "
+                                     f"whether its pods are being replaced is not known: {exc}") from None
+            raise DataplaneError(f"the DaemonSet {namespace}/{name} was not restarted: {exc}") from None
+        except KubeApiError as exc:
+            raise DataplaneError(f"the DaemonSet {namespace}/{name} was not restarted: {exc}") from None
         result["restarted"] = True
     started = clock.monotonic()
     done, what = rollout_progress(ds)
@@ -687,7 +711,13 @@ def rollout(client: t.Any, namespace: str, name: str, *, restart: bool, wait: bo
                 f"the rollout of the DaemonSet {namespace}/{name} did not finish within {timeout:g} s ({what}); "
                 "pods not yet replaced keep running their previous configuration")
         clock.sleep(interval)
-        ds = client.request("GET", path)
+        try:
+            ds = client.request("GET", path)
+        except KubeApiError as exc:
+            begun = f"was restarted (restartedAt {stamp})" if restart else "is rolling out"
+            raise DataplaneError(f"the DaemonSet {namespace}/{name} {begun} but its rollout could not be followed "
+                                 f"({what} when last seen): {exc}; pods not yet replaced keep running their previous "
+                                 "configuration") from None
         done, what = rollout_progress(ds)
     result.update(daemonset_status(ds))
     result["rolled_out"] = done

@@ -105,6 +105,8 @@ def stale_chains(live_mode: str, table: str) -> t.FrozenSet[str]:
 def comment_of(spec: str) -> t.Optional[str]:
     words = shlex.split(spec)
     return words[words.index("--comment") + 1] if "--comment" in words[:-1] else None
+
+
 KUBE_IPVS0 = "kube-ipvs0"
 DEFAULT_NODE_PORT_RANGE = "30000-32767"
 

@@ -20,9 +20,11 @@ credentials to a proxy).
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import shutil
+import socket
 import ssl
 import tempfile
 import typing as t
@@ -55,6 +57,22 @@ class Conflict(KubeApiError):
 
 class NotFound(KubeApiError):
     """404."""
+
+
+class Unreachable(KubeApiError):
+    """No answer. ``sent`` is False when the connection itself failed (refused, no route, unknown name), so the
+    request surely did not reach the server; True when it may have (a timeout or a reset after connecting)."""
+
+    def __init__(self, message: str, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+_NOT_SENT_ERRNOS = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
+
+
+def _not_sent(reason: t.Any) -> bool:
+    return isinstance(reason, socket.gaierror) or getattr(reason, "errno", None) in _NOT_SENT_ERRNOS
 
 
 @dataclass
@@ -204,7 +222,8 @@ class KubeClient:
             raise KubeApiError(text, exc.code, reason) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise KubeApiError(f"the API server {self.creds.server} cannot be reached: {reason}") from None
+            raise Unreachable(f"the API server {self.creds.server} cannot be reached: {reason}",
+                              sent=not _not_sent(reason)) from None
 
     # the few objects the collection touches
 

@@ -146,11 +146,13 @@ class KubeProxy:
 
 
 def start_kube_proxy(cluster: Cluster, host: Host, mode: str, server: str, workdir: Path,
-                     extra_fields: Optional[Mapping[str, Any]] = None, verbosity: int = 2) -> KubeProxy:
+                     extra_fields: Optional[Mapping[str, Any]] = None, verbosity: int = 2,
+                     config_conf: Optional[str] = None) -> KubeProxy:
     """Create the host's Node, write its kubeconfig and configuration, start kube-proxy in its namespace.
 
     Does not wait: ``wait_healthy()`` does. *server* is the API server's URL as the host dials it
-    (``cluster.expose_to_lab(lab.switch)``).
+    (``cluster.expose_to_lab(lab.switch)``). *config_conf*: the ConfigMap's config.conf to start from (as a pod
+    mounts it; tests/harness/kube/kubelet_standin.py), by default the cluster's as it is now.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: a netns host runs {' or '.join(MODES)} (no IP_VS in this kernel)")
@@ -159,7 +161,8 @@ def start_kube_proxy(cluster: Cluster, host: Host, mode: str, server: str, workd
     cluster.create_node(host.name, host.v4)
     prepare_node(host)
     kubeconfig = cluster.write_kubeconfig(workdir / "kubeconfig.conf", KUBE_PROXY_USER, server)
-    config = kube_proxy_config(cluster.kube_proxy_config_conf(), host.name, mode, kubeconfig)
+    base = cluster.kube_proxy_config_conf() if config_conf is None else config_conf
+    config = kube_proxy_config(base, host.name, mode, kubeconfig)
     if extra_fields:
         config.update(copy.deepcopy(dict(extra_fields)))
     config_path = workdir / "config.conf"

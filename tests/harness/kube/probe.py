@@ -40,8 +40,8 @@ def main() -> int:
     args = parser.parse_args()
     host, _, port = args.target.rpartition(":")
     stop = []
-    signal.signal(signal.SIGINT, lambda *_: stop.append(True))
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    signal.signal(signal.SIGINT, lambda *_args: stop.append(True))
+    signal.signal(signal.SIGTERM, lambda *_args: stop.append(True))
     started = time.monotonic()
     attempts = 0
     failed = []

@@ -182,8 +182,8 @@ class VmNode:
         """kube-proxy's log (from the journal): of its current run only, by default."""
         argv = ["journalctl", "-u", SERVICE, "--no-pager", "-o", "cat"]
         if since_start:
-            argv += ["_SYSTEMD_INVOCATION_ID=" + self.ssh("systemctl", "show", "-p", "InvocationID", "--value",
-                                                           SERVICE).stdout.strip()]
+            invocation = self.ssh("systemctl", "show", "-p", "InvocationID", "--value", SERVICE).stdout.strip()
+            argv += ["_SYSTEMD_INVOCATION_ID=" + invocation]
         if lines:
             argv += ["-n", str(lines)]
         return self.ssh(*argv, check=False).stdout
