@@ -37,13 +37,13 @@ from tests.harness.kube import fixtures
 from tests.harness.kube.cluster import PDEATHSIG, Cluster
 from tests.harness.kube.netns_proxy import KubeProxy, curl, start_kube_proxy
 from tests.harness.netns_hosts import Host
-from tests.netns.test_kube_real import (BACKEND_PORT, BODY, CLUSTER_IP_SERVICE, NODE_PORT_SERVICE, PROXY_HOST,
-                                        eventually, kube_lab)
+from tests.netns import test_kube_real
+from tests.netns.test_kube_real import BACKEND_PORT, BODY, CLUSTER_IP_SERVICE, NODE_PORT_SERVICE, PROXY_HOST, eventually
 
 pytestmark = pytest.mark.netns
 
 kube_cluster = fixtures.kube_cluster
-kube_lab = kube_lab  # test_kube_real's module fixture, made one of this module too
+kube_lab = test_kube_real.kube_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAFFIC = ROOT / "tests" / "netns" / "traffic.py"

@@ -492,8 +492,8 @@ def test_rollout_check_mode_timeout_and_on_delete_on_the_real_daemonset(kube):
                        check_mode=False)
         assert daemonset(kube)["metadata"]["generation"] == generation
     finally:
-        kube["cluster"].api("PATCH", DS, {"spec": {"updateStrategy": {"type": "RollingUpdate",
-                                                                        "rollingUpdate": {"maxUnavailable": 1}}}},
+        rolling = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+        kube["cluster"].api("PATCH", DS, {"spec": {"updateStrategy": rolling}},
                             content_type="application/merge-patch+json")
         standin.settle()
 

@@ -27,7 +27,7 @@ import pytest
 
 from tests.harness import ansible_run
 from tests.harness.kube import fixtures
-from tests.harness.kube.vm_proxy import BINARY, BODY, CONFIG, NODE_IP, SERVICE, VmNode
+from tests.harness.kube.vm_proxy import BINARY, BODY, CONFIG, SERVICE, VmNode
 
 pytestmark = pytest.mark.vm
 
@@ -138,7 +138,9 @@ def dataplane_info(inventory):
     return run.task("read")["result"]
 
 
-@pytest.mark.skip(reason="open finding (issue 17): the first step (iptables -> ipvs) fails in kube_proxy_leftovers: ip6tables-nft-restore --noflush \"line 2 failed: Bad rule\" while the new ipvs kube-proxy rewrites its chains between our read and our write; the retry on a raced table is not written yet")
+@pytest.mark.skip(reason="open finding (issue 17): the first step (iptables -> ipvs) fails in "
+                  "kube_proxy_leftovers: ip6tables-nft-restore --noflush \"line 2 failed: Bad rule\" while the "
+                  "new ipvs kube-proxy rewrites its chains between our read and our write")
 def test_mode_walk_with_the_real_kube_proxy(vm, node):
     machine, inventory = vm
     assert node.wait_answers() == {"cluster_ip": (200, BODY), "node_port": (200, BODY)}

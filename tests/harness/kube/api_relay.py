@@ -15,7 +15,6 @@ The serving certificate names 127.0.0.1, so TLS verifies as it does against the 
 from __future__ import annotations
 
 import socket
-import threading
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
@@ -32,38 +31,21 @@ class ApiRelay(Forwarder):
         self.accepted = 0
         self.port = 0
 
-    def start(self) -> "ApiRelay":
-        self._sock = socket.create_server((LOOPBACK, 0))
-        self._sock.settimeout(0.5)
-        self.port = self._sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept_loop, name="api-relay", daemon=True)
-        self._thread.start()
-        return self
+    def _listen(self) -> socket.socket:
+        sock = socket.create_server((LOOPBACK, 0))
+        self.port = sock.getsockname()[1]
+        return sock
 
-    def _accept_loop(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                client, _peer = self._sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            self.accepted += 1
-            if self.connections is not None and self.accepted >= self.connections:
-                # the last one relayed: nothing listens any more, the next connect() is refused
-                self._sock.close()
-                self._stop.set()
-            hook = self.before.get(self.accepted)
-            if hook is not None:
-                hook()
-            client.settimeout(None)
-            upstream = socket.create_connection(self.target, timeout=5)
-            upstream.settimeout(None)
-            with self._lock:
-                self._conns += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+    def _accepted(self, client: socket.socket) -> None:
+        self.accepted += 1
+        if self.connections is not None and self.accepted >= self.connections:
+            # the last one relayed: nothing listens any more, the next connect() is refused
+            assert self._sock is not None
+            self._sock.close()
+            self._stop.set()
+        hook = self.before.get(self.accepted)
+        if hook is not None:
+            hook()
 
     @property
     def server(self) -> str:
@@ -72,7 +54,7 @@ class ApiRelay(Forwarder):
     def kubeconfig(self, path: Path) -> Path:
         """The cluster's admin.conf with this relay as its server."""
         path = Path(path)
-        path.write_text(self.cluster.admin_conf.read_text().replace(f"server: {self.cluster.server}\n",
-                                                                   f"server: {self.server}\n"))
+        admin = self.cluster.admin_conf.read_text()
+        path.write_text(admin.replace(f"server: {self.cluster.server}\n", f"server: {self.server}\n"))
         path.chmod(0o600)
         return path

@@ -240,12 +240,18 @@ class Forwarder:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> "Forwarder":
-        self._sock = listen_in_netns(self.netns, *self.listen)
+        self._sock = self._listen()
         # A timeout on accept, not close() from another thread: close does not wake a blocked accept on Linux.
         self._sock.settimeout(0.5)
         self._thread = threading.Thread(target=self._accept_loop, name=f"forward-{self.netns}", daemon=True)
         self._thread.start()
         return self
+
+    def _listen(self) -> socket.socket:
+        return listen_in_netns(self.netns, *self.listen)
+
+    def _accepted(self, client: socket.socket) -> None:
+        """Called with each connection accepted, before it is relayed (a subclass times faults here)."""
 
     def serve_forever(self) -> None:
         if self._thread is None:
@@ -263,6 +269,7 @@ class Forwarder:
                 continue
             except OSError:
                 break
+            self._accepted(client)
             client.settimeout(None)
             try:
                 upstream = socket.create_connection(self.target, timeout=5)

@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    host, _, port = args.target.rpartition(":")
+    host, port = args.target.rsplit(":", 1)
     stop = []
     signal.signal(signal.SIGINT, lambda *_args: stop.append(True))
     signal.signal(signal.SIGTERM, lambda *_args: stop.append(True))
